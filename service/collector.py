@@ -1,0 +1,123 @@
+"""The collector: turns outcomes into resolved futures, and runs callbacks.
+
+```
+ dispatcher ──(task, RESULT|ERROR, payload)──▶ outcomes ──▶ collector thread
+            ──(task, None, exception)────────▶            ├─ unpickle
+                                                           ├─ future.set_result / set_exception
+                                                           │    └─ done-callbacks run here
+                                                           └─ ledger.release(task)
+```
+
+Unpickling happens here, not on the dispatcher thread, so a large or broken
+result delays only callbacks, never dispatch. A task's own exception keeps
+its type, with the remote traceback chained as ``__cause__``; one that cannot
+be rebuilt becomes ``RemoteError``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import threading
+from typing import Any
+
+from service.errors import RemoteError, SerializationError
+from service.frames import Kind, Payload
+from service.ledger import Ledger, Task
+from service.logs import get_logger
+
+__all__ = ["Collector", "RemoteTraceback", "rebuild_exception"]
+
+_log = get_logger("pipework.collector")
+
+Outcome = tuple[Task, Kind | None, Any]
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback as the ``__cause__`` of a task's exception."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+def rebuild_exception(payload: Payload) -> BaseException:
+    """Rebuild an exception from a worker's ``ErrorInfo`` payload."""
+    exc_bytes, type_name, message, tb = pickle.loads(payload)
+    exc: BaseException
+    if exc_bytes is None:
+        exc = RemoteError(type_name, message, tb)
+    else:
+        try:
+            loaded = pickle.loads(exc_bytes)
+        except BaseException:  # the type may be missing here, or its __reduce__ broken
+            loaded = None
+        exc = loaded if isinstance(loaded, BaseException) else RemoteError(type_name, message, tb)
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+class Collector:
+    """Owns the collector thread and its inbox."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._inbox: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pipework-collector", daemon=True)
+        self.ident: int | None = None
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+        self.ident = self._thread.ident
+
+    def put(self, task: Task, kind: Kind | None, data: Any) -> None:
+        """Hand over a frame's ``(kind, payload)``, or ``(None, exception)``."""
+        self._inbox.put((task, kind, data))
+
+    def stop(self) -> None:
+        """Let the thread finish what it has, then exit."""
+        self._inbox.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to exit."""
+        if self._thread.is_alive() and threading.get_ident() != self.ident:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            task, kind, data = item
+            del item
+            self._resolve(task, kind, data)
+            del task, data
+
+    def _resolve(self, task: Task, kind: Kind | None, data: Any) -> None:
+        value: Any = None
+        exc: BaseException | None = None
+        if kind is None:
+            exc = data
+        elif kind is Kind.RESULT:
+            try:
+                value = pickle.loads(data)
+            except BaseException as err:
+                exc = SerializationError(
+                    "unknown", "result", f"unpickling failed: {type(err).__name__}: {err}"
+                )
+                exc.__cause__ = err
+        else:
+            try:
+                exc = rebuild_exception(data)
+            except BaseException as err:  # a garbled ErrorInfo is still only this task's problem
+                exc = RemoteError(type(err).__name__, f"unreadable error report: {err}")
+        task.payload = None
+        future = task.future
+        if future is not None:
+            future._pw_resolve(value, exc)
+        self._ledger.release(task)
+        task.future = None

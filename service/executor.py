@@ -1,0 +1,428 @@
+"""``WorkerService``: a ``concurrent.futures.Executor`` that survives its workers.
+
+```
+ caller ── submit ──▶ pickle (SerializationError here) ──▶ Ledger (max_pending) ──▶ Dispatcher
+ caller ◀── TaskFuture ◀── Collector (callbacks) ◀────────────────────────────────────┘
+```
+
+It is a drop-in for ``ProcessPoolExecutor``: ``submit``, ``map``,
+``shutdown`` and the context manager keep their meaning, and
+``loop.run_in_executor`` works. What changes is what happens when things go
+wrong: a worker that dies fails (or retries) only the task it held, a task
+that runs too long is killed, a running task can be cancelled, and ``submit``
+pushes back when too much is outstanding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import itertools
+import multiprocessing
+import os
+import pickle
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from typing import Any, Literal, TypeVar, final
+
+from service.collector import Collector
+from service.dispatcher import Dispatcher
+from service.errors import BrokenService, SerializationError, ServiceClosed
+from service.futures import TaskFuture
+from service.ledger import Ledger, Task
+from service.supervisor import StartMethod, Supervisor, default_start_method
+from service.transports import get_transport
+from service.worker import call_chunk, type_name
+
+__all__ = ["DEFAULT_MAX_PENDING", "EXIT_GRACE", "TaskOptions", "WorkerService"]
+
+T = TypeVar("T")
+
+TransportName = Literal["pipe"]
+
+DEFAULT_MAX_PENDING = 100_000
+"""Default bound on accepted but unfinished tasks. Past it, ``submit`` blocks."""
+EXIT_GRACE = 5.0
+"""At interpreter exit, seconds running tasks get before they are killed
+(when ``shutdown_timeout`` is not set). Tasks not yet started are cancelled."""
+
+_live: weakref.WeakSet[WorkerService] = weakref.WeakSet()
+
+
+def _check_positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number or None, not {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} or None, got {value!r}")
+
+
+def _check_count(
+    name: str, value: int | None, *, allow_none: bool = True, minimum: int = 1
+) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _pickle_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    try:
+        return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        culprit: object = fn
+        for item in (fn, *args, *kwargs.values()):
+            try:
+                pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                culprit = item
+                break
+        what = "function" if culprit is fn else "argument"
+        raise SerializationError(type_name(culprit), what, f"{type(exc).__name__}: {exc}") from exc
+
+
+@final
+class TaskOptions:
+    """Per-task settings for the next ``submit``/``map`` calls; see ``WorkerService.options``."""
+
+    __slots__ = ("_retries", "_service", "_timeout")
+
+    def __init__(self, service: WorkerService, timeout: float | None, retries: int) -> None:
+        self._service = service
+        self._timeout = timeout
+        self._retries = retries
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture[T]:
+        """Like ``WorkerService.submit``, with these options."""
+        return self._service._submit(fn, args, kwargs, self._timeout, self._retries)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """Like ``WorkerService.map``, with these options."""
+        return self._service._map(self.submit, fn, iterables, timeout, chunksize, buffersize)
+
+
+class WorkerService(Executor):
+    """A process pool that does not break, hang or lose work when a worker dies.
+
+    Args:
+        max_workers: worker processes to keep running (default: CPU count).
+        transport: how tasks reach workers; ``"pipe"`` (two OS pipes per worker).
+        start_method: ``"forkserver"`` (default where available), ``"spawn"``
+            or ``"fork"``.
+        initializer: called as ``initializer(*initargs)`` in each worker
+            before its first task. If it raises, the service is broken:
+            pending and later tasks fail with ``BrokenService``.
+        initargs: arguments for ``initializer``.
+        task_timeout: default limit in seconds for one run of a task; past
+            it the worker is killed (SIGTERM, then SIGKILL) and the future
+            fails with ``TaskTimeout``. None: no limit.
+        retries: default number of times a task is run again when its
+            worker dies under it (not when it raises or times out).
+        max_tasks_per_worker: recycle a worker after this many tasks.
+        max_memory_per_worker: recycle a worker whose RSS exceeds this many
+            bytes, checked between tasks.
+        max_pending: bound on accepted but unfinished tasks; past it
+            ``submit`` blocks (default ``DEFAULT_MAX_PENDING``). A submit
+            made from a done-callback never blocks: it is admitted over the
+            bound, so callbacks cannot deadlock the service.
+        submit_timeout: how long a blocked ``submit`` waits before raising
+            ``QueueFull``. None: wait as long as it takes.
+        shutdown_timeout: how long ``shutdown`` lets running tasks finish
+            before killing them (their futures fail with ``ServiceClosed``).
+            None: wait for them, as ``concurrent.futures`` does.
+
+    Raises:
+        TypeError, ValueError: a setting is of the wrong type or out of range.
+        SerializationError: the initializer cannot be sent to a worker.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        transport: TransportName = "pipe",
+        start_method: StartMethod | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        task_timeout: float | None = None,
+        retries: int = 0,
+        max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        submit_timeout: float | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = os.cpu_count() or 1
+        _check_count("max_workers", max_workers, allow_none=False)
+        _check_positive("task_timeout", task_timeout)
+        _check_count("retries", retries, allow_none=False, minimum=0)
+        _check_count("max_tasks_per_worker", max_tasks_per_worker)
+        _check_count("max_memory_per_worker", max_memory_per_worker)
+        _check_count("max_pending", max_pending, allow_none=False)
+        _check_positive("submit_timeout", submit_timeout, allow_zero=True)
+        _check_positive("shutdown_timeout", shutdown_timeout, allow_zero=True)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        if start_method is None:
+            start_method = default_start_method()
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"start_method {start_method!r} is not available here; expected one of "
+                f"{multiprocessing.get_all_start_methods()}"
+            )
+        if start_method != "fork" and initializer is not None:
+            try:
+                pickle.dumps((initializer, initargs), pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise SerializationError(
+                    type_name(initializer), "initializer", f"{type(exc).__name__}: {exc}"
+                ) from exc
+
+        self._max_workers = max_workers
+        self._task_timeout = task_timeout
+        self._retries = retries
+        self._submit_timeout = submit_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._ids = itertools.count(1)
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
+
+        supervisor = Supervisor(
+            get_transport(transport),
+            start_method,
+            initializer,
+            initargs,
+            max_tasks_per_worker,
+            max_memory_per_worker,
+        )
+        self._ledger = Ledger(max_pending, wake=self._wake)
+        self._collector = Collector(self._ledger)
+        self._dispatcher = Dispatcher(supervisor, self._ledger, self._collector, max_workers)
+        self._collector.start()
+        self._dispatcher.start()
+        # If the service is dropped without shutdown, let it wind down by itself.
+        weakref.finalize(self, _abandon, self._ledger, self._dispatcher).atexit = False
+        _live.add(self)
+
+    def _wake(self) -> None:
+        self._dispatcher.wake()
+
+    # -- submitting -----------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture[T]:
+        """Schedule ``fn(*args, **kwargs)`` to run in a worker.
+
+        Returns:
+            A ``TaskFuture`` (a ``concurrent.futures.Future``).
+
+        Raises:
+            SerializationError: ``fn`` or an argument cannot be pickled.
+            QueueFull: ``max_pending`` tasks are outstanding and none finished
+                within ``submit_timeout``.
+            ServiceClosed: the service is shut down.
+            BrokenService: the service cannot run tasks (its initializer raised).
+        """
+        return self._submit(fn, args, kwargs, self._task_timeout, self._retries)
+
+    def options(self, *, timeout: float | None = None, retries: int | None = None) -> TaskOptions:
+        """Settings for particular tasks: ``pool.options(timeout=2).submit(fn, x)``.
+
+        Args:
+            timeout: limit in seconds for one run of each task (default:
+                the service's ``task_timeout``).
+            retries: runs after a worker death (default: the service's ``retries``).
+        """
+        _check_positive("timeout", timeout)
+        if retries is not None:
+            _check_count("retries", retries, allow_none=False, minimum=0)
+        return TaskOptions(
+            self,
+            self._task_timeout if timeout is None else timeout,
+            self._retries if retries is None else retries,
+        )
+
+    def _submit(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        retries: int,
+    ) -> TaskFuture[T]:
+        self._raise_if_closed()
+        if not callable(fn):
+            raise TypeError(f"{type(fn).__name__!r} object is not callable")
+        task = Task(next(self._ids), _pickle_call(fn, args, kwargs), timeout, retries)
+        future: TaskFuture[T] = TaskFuture(task, self._on_cancel)
+        task.future = future  # type: ignore[assignment]
+        bounded = threading.get_ident() != self._collector.ident
+        try:
+            self._ledger.admit(task, self._submit_timeout, bounded=bounded)
+        except ServiceClosed:
+            self._raise_if_closed()
+            raise
+        return future
+
+    def _raise_if_closed(self) -> None:
+        broken = self._dispatcher.broken
+        if broken is not None:
+            err = BrokenService(broken.reason, broken.traceback)
+            raise err from broken.__cause__
+        if self._shut_down:
+            raise ServiceClosed()
+
+    def _on_cancel(self, task: Task, running: bool) -> None:
+        self._ledger.release(task)
+        if running:
+            self._dispatcher.cancel_running(task)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[T]:
+        """Like ``map(fn, *iterables)``, run in the workers, results in order.
+
+        Unlike ``concurrent.futures``, the inputs are read lazily: at most
+        ``buffersize`` chunks are submitted ahead of the result being read
+        (default: four per worker), so an endless or huge input is fine.
+
+        Args:
+            fn: the function to call.
+            iterables: argument streams, zipped as ``map`` does.
+            timeout: seconds, from this call, after which reading a result
+                not yet available raises ``TimeoutError``.
+            chunksize: items sent to a worker per task.
+            buffersize: chunks kept in flight ahead of the reader.
+
+        Raises:
+            Whatever ``fn`` raised, when its result is reached.
+        """
+        return self._map(self.submit, fn, iterables, timeout, chunksize, buffersize)
+
+    def _map(
+        self,
+        submit: Callable[..., TaskFuture[Any]],
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        buffersize: int | None,
+    ) -> Iterator[T]:
+        _check_count("chunksize", chunksize, allow_none=False)
+        _check_count("buffersize", buffersize)
+        _check_positive("timeout", timeout, allow_zero=True)
+        ahead = buffersize if buffersize is not None else 4 * self._max_workers
+        end = None if timeout is None else time.monotonic() + timeout
+        calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        chunks: Iterator[tuple[tuple[Any, ...], ...]] = iter(
+            lambda: tuple(itertools.islice(calls, chunksize)), ()
+        )
+        in_flight: collections.deque[TaskFuture[Any]] = collections.deque()
+
+        def submit_next() -> None:
+            chunk = next(chunks, None)
+            if chunk is not None:
+                in_flight.append(submit(call_chunk, fn, chunk))
+
+        for _ in range(ahead):
+            submit_next()
+
+        def results() -> Iterator[T]:
+            try:
+                while in_flight:
+                    future = in_flight.popleft()
+                    submit_next()
+                    left = None if end is None else end - time.monotonic()
+                    yield from future.result(left)
+            finally:
+                for future in in_flight:
+                    future.cancel()
+
+        return results()
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``await pool.run(fn, x)``: submit and await the result in asyncio."""
+        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+
+    # -- introspection and shutdown -------------------------------------------------
+
+    @property
+    def max_workers(self) -> int:
+        """How many workers the service keeps running."""
+        return self._max_workers
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (a snapshot; they change as workers are replaced)."""
+        return self._dispatcher.pids()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks and release the workers once the queue is done.
+
+        Args:
+            wait: block until every accepted task is resolved and every
+                worker has exited.
+            cancel_futures: cancel the tasks that have not started; their
+                futures resolve as cancelled at once.
+
+        Running tasks finish, or are killed when ``shutdown_timeout`` passes.
+        Calling it again is harmless.
+        """
+        self._close(
+            cancel_futures,
+            None if self._shutdown_timeout is None else time.monotonic() + self._shutdown_timeout,
+        )
+        if wait:
+            self._dispatcher.join()
+            self._collector.join()
+
+    def _close(self, cancel_futures: bool, deadline: float | None) -> None:
+        with self._shutdown_lock:
+            self._shut_down = True
+        self._ledger.close("cannot schedule new tasks after shutdown")
+        if cancel_futures:
+            for task in self._ledger.drain():
+                if task.future is not None:
+                    task.future.cancel()
+                self._ledger.release(task)
+        self._dispatcher.shutdown(deadline)
+
+    def _exit(self) -> None:
+        grace = EXIT_GRACE if self._shutdown_timeout is None else self._shutdown_timeout
+        self._close(True, time.monotonic() + grace)
+        self._dispatcher.join(grace + 5.0)
+        self._collector.join(1.0)
+
+
+def _abandon(ledger: Ledger, dispatcher: Dispatcher) -> None:
+    ledger.close("the service was garbage-collected")
+    dispatcher.shutdown(None)
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    # Runs before multiprocessing's own exit hook (registered earlier), which
+    # would otherwise join our workers while they still wait for tasks.
+    for service in list(_live):
+        service._exit()

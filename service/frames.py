@@ -1,0 +1,44 @@
+"""The frames that cross a worker's channel, and their kinds.
+
+A frame is ``(kind, task_id, payload)``: a one-byte kind, the task it is
+about (0 when none), and opaque bytes. Only the worker and the collector ever
+unpickle a payload; the dispatcher routes on the header alone, so a result
+that cannot be unpickled fails its own task and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+__all__ = ["Frame", "Kind", "Payload"]
+
+Payload = bytes | bytearray
+"""Frame bodies: bytes, or the bytearray a large payload was read into."""
+
+
+class Kind(enum.IntEnum):
+    """What a frame carries."""
+
+    TASK = 1
+    """parent -> worker: pickled ``(fn, args, kwargs)`` to run."""
+    STOP = 2
+    """parent -> worker: finish up and exit 0."""
+    READY = 3
+    """worker -> parent: the initializer ran; tasks may follow."""
+    INIT_FAILED = 4
+    """worker -> parent: the initializer raised; payload is a pickled ``ErrorInfo``."""
+    RESULT = 5
+    """worker -> parent: the task returned; payload is the pickled value."""
+    ERROR = 6
+    """worker -> parent: the task raised; payload is a pickled ``ErrorInfo``."""
+    RETIRE = 7
+    """worker -> parent: I reached a recycling limit and exit 0 after this frame."""
+
+
+class Frame(NamedTuple):
+    """One message on a channel."""
+
+    kind: Kind
+    task_id: int
+    payload: Payload

@@ -1,0 +1,63 @@
+"""Logging for pipework: structlog events, routed where the application wants them.
+
+If the application configured structlog, events go through its processors
+(the daemon does this: JSON lines, or a console renderer on a terminal).
+Otherwise they go to the standard ``logging`` logger of the same name as
+``event key=value ...``, so a library user's stdout is never written to and
+the usual logging configuration applies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import structlog
+
+__all__ = ["Logger", "get_logger"]
+
+
+class Logger:
+    """A structlog-style logger: ``log.warning("worker died", worker_pid=12)``."""
+
+    __slots__ = ("_name", "_std")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._std = logging.getLogger(name)
+
+    def _emit(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if structlog.is_configured():
+            bound = structlog.get_logger(self._name)
+            method = logging.getLevelName(level).lower()
+            if exc_info:
+                fields["exc_info"] = True
+            getattr(bound, method)(event, **fields)
+        elif self._std.isEnabledFor(level):
+            text = " ".join([event, *(f"{k}={v!r}" for k, v in fields.items())])
+            self._std.log(level, "%s", text, exc_info=exc_info)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        """Log at DEBUG."""
+        self._emit(logging.DEBUG, event, False, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        """Log at INFO."""
+        self._emit(logging.INFO, event, False, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        """Log at WARNING."""
+        self._emit(logging.WARNING, event, False, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        """Log at ERROR."""
+        self._emit(logging.ERROR, event, False, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """Log at ERROR with the exception being handled."""
+        self._emit(logging.ERROR, event, True, fields)
+
+
+def get_logger(name: str) -> Logger:
+    """The logger called ``name`` (``pipework.<part>`` by convention)."""
+    return Logger(name)

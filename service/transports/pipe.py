@@ -1,0 +1,273 @@
+"""The ``pipe`` transport: two OS pipes per worker, framed by a fixed header.
+
+```
+dispatcher --task pipe-->   worker      (parent writes, non-blocking)
+dispatcher <--result pipe-- worker      (parent reads, non-blocking)
+```
+
+Why raw pipes and not ``multiprocessing.Connection``: ``Connection.recv_bytes``
+blocks until a whole message has arrived, so a worker that is stopped (or
+merely slow) halfway through writing a 64 MiB result would freeze the one
+thread that serves every worker. Here the parent reads whatever is there,
+keeps partial frames per channel, and a worker killed mid-write leaves a
+truncated frame that is discarded at end of file. Each worker has its own
+pair of pipes, so no writer ever holds a lock another writer needs.
+
+Frame: ``<QBQ`` header (payload length, kind, task id), then the payload.
+Large payloads are read straight into one preallocated buffer.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import os
+import struct
+from multiprocessing.connection import Connection
+
+from service.frames import Frame, Kind
+from service.transports.base import (
+    ParentChannel,
+    TransportBroken,
+    TransportClosed,
+    WorkerEndpoint,
+)
+
+__all__ = ["PipeTransport"]
+
+_HEADER = struct.Struct("<QBQ")
+_CHUNK = 256 * 1024
+# Bytes one recv() call may consume before yielding to the other channels.
+_RECV_BUDGET = 16 * 1024 * 1024
+_PIPE_SIZE = 1024 * 1024
+# writev() rejects more than IOV_MAX buffers.
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 512)
+_KINDS = frozenset(int(k) for k in Kind)
+
+
+def _grow_pipe(fd: int) -> None:
+    # A bigger pipe means fewer wake-ups per large payload; the kernel may
+    # refuse (per-user pipe budget), which only costs speed.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+
+class _FrameReader:
+    """Reassembles frames from a byte stream read in arbitrary pieces."""
+
+    __slots__ = ("_body", "_body_view", "_buf", "_filled", "_kind", "_task_id")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._body: bytearray | None = None
+        self._body_view = memoryview(b"")
+        self._filled = 0
+        self._kind = 0
+        self._task_id = 0
+
+    def read_once(self, fd: int) -> int:
+        """Do one read(2) from ``fd``; return the bytes read (0 at end of file)."""
+        if self._body is not None:
+            n = os.readv(fd, [self._body_view[self._filled :]])
+            self._filled += n
+            return n
+        chunk = os.read(fd, _CHUNK)
+        self._buf += chunk
+        return len(chunk)
+
+    def pop_frames(self, out: list[Frame]) -> None:
+        """Move every complete frame into ``out``."""
+        if self._body is not None:
+            if self._filled < len(self._body):
+                return
+            out.append(Frame(Kind(self._kind), self._task_id, self._body))
+            self._body = None
+            self._body_view.release()
+            self._body_view = memoryview(b"")
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        while end - pos >= _HEADER.size:
+            length, kind, task_id = _HEADER.unpack_from(buf, pos)
+            if kind not in _KINDS:
+                raise TransportBroken(f"malformed frame: unknown kind {kind}")
+            start = pos + _HEADER.size
+            if end - start >= length:
+                out.append(Frame(Kind(kind), task_id, bytes(buf[start : start + length])))
+                pos = start + length
+                continue
+            if length > _CHUNK:
+                # Read the rest of a large payload in place instead of growing buf.
+                body = bytearray(length)
+                have = end - start
+                body[:have] = buf[start:end]
+                self._body, self._filled = body, have
+                self._body_view = memoryview(body)
+                self._kind, self._task_id = kind, task_id
+                pos = end
+            break
+        del buf[:pos]
+
+    @property
+    def partial(self) -> bool:
+        """True if a frame has started but not finished."""
+        return self._body is not None or bool(self._buf)
+
+
+def _write_some(fd: int, bufs: collections.deque[memoryview]) -> None:
+    """Write from the front of ``bufs`` until it is empty or the fd would block."""
+    while bufs:
+        batch = [bufs[i] for i in range(min(len(bufs), _IOV_MAX))]
+        n = os.writev(fd, batch)
+        while n:
+            head = bufs[0]
+            if n >= len(head):
+                n -= len(head)
+                bufs.popleft()
+            else:
+                bufs[0] = head[n:]
+                n = 0
+
+
+class _ParentPipeChannel:
+    """Dispatcher side: reads results, writes tasks, never blocks."""
+
+    def __init__(self, result_r: int, task_w: int) -> None:
+        self._rfd = result_r
+        self._wfd = task_w
+        os.set_blocking(result_r, False)
+        os.set_blocking(task_w, False)
+        self._reader = _FrameReader()
+        self._out: collections.deque[memoryview] = collections.deque()
+        self._eof = False
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._rfd
+
+    def write_fileno(self) -> int:
+        return self._wfd
+
+    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
+        if self._closed:
+            raise TransportClosed("channel is closed")
+        self._out.append(memoryview(_HEADER.pack(len(payload), kind, task_id)))
+        if payload:
+            self._out.append(memoryview(payload))
+
+    def flush(self) -> bool:
+        if self._closed:
+            raise TransportClosed("channel is closed")
+        try:
+            _write_some(self._wfd, self._out)
+        except BlockingIOError:
+            return False
+        except OSError as exc:  # EPIPE: the worker is gone
+            raise TransportBroken("worker end of task pipe is closed") from exc
+        return not self._out
+
+    def recv(self) -> list[Frame]:
+        if self._closed:
+            raise TransportClosed("channel is closed")
+        frames: list[Frame] = []
+        budget = _RECV_BUDGET
+        while not self._eof and budget > 0:
+            try:
+                n = self._reader.read_once(self._rfd)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                raise TransportBroken("result pipe failed") from exc
+            if n == 0:
+                self._eof = True
+            budget -= n
+            self._reader.pop_frames(frames)
+        if self._eof and not frames:
+            raise TransportBroken(
+                "worker closed its result pipe"
+                + (" in the middle of a frame" if self._reader.partial else "")
+            )
+        return frames
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._out.clear()
+            os.close(self._rfd)
+            os.close(self._wfd)
+
+
+class _WorkerPipeChannel:
+    """Worker side: blocking reads of tasks, blocking writes of results."""
+
+    def __init__(self, task_r: int, result_w: int) -> None:
+        self._rfd = task_r
+        self._wfd = result_w
+        os.set_blocking(task_r, True)
+        os.set_blocking(result_w, True)
+        self._reader = _FrameReader()
+        self._ready: collections.deque[Frame] = collections.deque()
+
+    def recv(self) -> Frame:
+        while not self._ready:
+            frames: list[Frame] = []
+            try:
+                n = self._reader.read_once(self._rfd)
+            except OSError as exc:
+                raise TransportBroken("task pipe failed") from exc
+            if n == 0:
+                raise TransportBroken("dispatcher closed the task pipe")
+            self._reader.pop_frames(frames)
+            self._ready.extend(frames)
+        return self._ready.popleft()
+
+    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
+        bufs = collections.deque([memoryview(_HEADER.pack(len(payload), kind, task_id))])
+        if payload:
+            bufs.append(memoryview(payload))
+        try:
+            _write_some(self._wfd, bufs)
+        except OSError as exc:
+            raise TransportBroken("dispatcher closed the result pipe") from exc
+
+    def hangup_fileno(self) -> int:
+        return self._rfd
+
+
+class _PipeEndpoint:
+    """The worker's two pipe ends, wrapped in Connections so spawn/forkserver pass them."""
+
+    def __init__(self, task_r: int, result_w: int) -> None:
+        self._task_r = Connection(task_r, writable=False)
+        self._result_w = Connection(result_w, readable=False)
+
+    def open(self) -> _WorkerPipeChannel:
+        # Connection has no detach(): take our own descriptors, drop its.
+        channel = _WorkerPipeChannel(os.dup(self._task_r.fileno()), os.dup(self._result_w.fileno()))
+        self.release()
+        return channel
+
+    def release(self) -> None:
+        self._task_r.close()
+        self._result_w.close()
+
+
+class PipeTransport:
+    """Frames over a pair of OS pipes per worker."""
+
+    name = "pipe"
+
+    def pair(self) -> tuple[_ParentPipeChannel, _PipeEndpoint]:
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        _grow_pipe(task_w)
+        _grow_pipe(result_w)
+        return _ParentPipeChannel(result_r, task_w), _PipeEndpoint(task_r, result_w)
+
+    def started(self, endpoint: WorkerEndpoint) -> None:
+        assert isinstance(endpoint, _PipeEndpoint)
+        endpoint.release()
+
+    def inheritable_fds(self, channel: ParentChannel) -> list[int]:
+        return [channel.fileno(), channel.write_fileno()]

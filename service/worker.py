@@ -1,0 +1,164 @@
+"""The worker's main loop: the only pipework code that runs in a worker process.
+
+```
+  dispatcher ──TASK──▶ recv ─▶ unpickle ─▶ fn(*args) ─▶ pickle ──RESULT/ERROR──▶ dispatcher
+                 ▲                                                         │
+                 └──────────── STOP, or RETIRE after a recycling limit ◀───┘
+```
+
+A worker runs one task at a time. It turns every outcome into a frame, so
+an exception or a result that cannot be pickled fails that task only. It
+ignores SIGINT (Ctrl-C is the parent's to handle) and dies with its parent:
+the kernel's parent-death signal, plus a watchdog thread that sees the task
+pipe hang up or the parent change, so no worker outlives its dispatcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import SerializationError
+from service.frames import Kind
+from service.transports.base import TransportBroken, WorkerChannel, WorkerEndpoint
+
+__all__ = ["ErrorInfo", "WorkerConfig", "call_chunk", "error_info", "worker_main"]
+
+_PR_SET_PDEATHSIG = 1
+_WATCH_INTERVAL_MS = 250
+ORPHAN_EXITCODE = 3
+"""Exit status of a worker that noticed its dispatcher is gone."""
+
+ErrorInfo = tuple[bytes | None, str, str, str]
+"""``(pickled exception or None, type name, message, traceback text)``."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs to know besides its channel."""
+
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks: int | None
+    max_memory: int | None
+    parent_pid: int
+    close_fds: tuple[int, ...] = ()
+
+
+def type_name(obj: object) -> str:
+    """The qualified name of ``obj``'s type, as errors report it."""
+    cls = type(obj)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def error_info(exc: BaseException) -> bytes:
+    """Pickle what the parent needs to rebuild ``exc``, never failing."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        exc_bytes: bytes | None = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+    except BaseException:  # an exception's own __reduce__ may raise anything
+        exc_bytes = None
+    try:
+        message = str(exc)
+    except BaseException:
+        message = f"<str() of {type_name(exc)} failed>"
+    info: ErrorInfo = (exc_bytes, type_name(exc), message, tb)
+    return pickle.dumps(info, pickle.HIGHEST_PROTOCOL)
+
+
+def call_chunk(fn: Callable[..., object], items: Iterable[Sequence[Any]]) -> list[object]:
+    """Run ``fn(*args)`` for each args tuple of a ``map`` chunk."""
+    return [fn(*args) for args in items]
+
+
+def _run(payload: bytes | bytearray) -> tuple[Kind, bytes]:
+    try:
+        fn, args, kwargs = pickle.loads(payload)
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        return Kind.ERROR, error_info(exc)
+    try:
+        return Kind.RESULT, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:
+        err = SerializationError(type_name(value), "result", f"{type_name(exc)}: {exc}")
+        err.__cause__ = exc
+        return Kind.ERROR, error_info(err)
+
+
+def _die_with_parent(config: WorkerConfig, hangup_fd: int) -> None:
+    # The kernel signal covers a worker stuck in C code holding the GIL; the
+    # watchdog covers forkserver, where the parent is the fork server.
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    ppid = os.getppid()
+    if ppid == 1 or (config.close_fds and ppid != config.parent_pid):
+        os._exit(ORPHAN_EXITCODE)  # the parent died before prctl took effect
+    watchdog = threading.Thread(
+        target=_watch_parent, args=(hangup_fd, ppid), name="pipework-watchdog", daemon=True
+    )
+    watchdog.start()
+
+
+def _watch_parent(fd: int, ppid: int) -> None:
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLHUP and POLLERR are always reported
+    while True:
+        if poller.poll(_WATCH_INTERVAL_MS) or os.getppid() != ppid:
+            os._exit(ORPHAN_EXITCODE)
+
+
+def _over_limits(done: int, config: WorkerConfig, rss: Callable[[], int] | None) -> bool:
+    if config.max_tasks is not None and done >= config.max_tasks:
+        return True
+    return rss is not None and config.max_memory is not None and rss() > config.max_memory
+
+
+def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig) -> None:
+    """Serve tasks from ``endpoint`` until told to stop, a limit is hit, or the parent dies."""
+    for fd in config.close_fds:  # fork start: siblings' channel ends, see Supervisor
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel: WorkerChannel = endpoint.open()
+    _die_with_parent(config, channel.hangup_fileno())
+    rss: Callable[[], int] | None = None
+    if config.max_memory is not None:
+        import psutil  # noqa: PLC0415  (only workers with a memory limit pay for it)
+
+        me = psutil.Process()
+        rss = lambda: int(me.memory_info().rss)  # noqa: E731
+    try:
+        if config.initializer is not None:
+            try:
+                config.initializer(*config.initargs)
+            except BaseException as exc:
+                channel.send(Kind.INIT_FAILED, 0, error_info(exc))
+                return
+        channel.send(Kind.READY, 0, b"")
+        done = 0
+        while True:
+            frame = channel.recv()
+            if frame.kind is Kind.STOP:
+                return
+            task_id, (kind, payload) = frame.task_id, _run(frame.payload)
+            del frame  # free a large argument before the next recv
+            channel.send(kind, task_id, payload)
+            done += 1
+            if _over_limits(done, config, rss):
+                channel.send(Kind.RETIRE, 0, b"")
+                return
+    except TransportBroken:
+        os._exit(ORPHAN_EXITCODE)
