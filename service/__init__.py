@@ -13,6 +13,9 @@ with WorkerService(max_workers=4) as pool:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from service.errors import (
     BrokenService,
     PipeworkError,
@@ -23,8 +26,10 @@ from service.errors import (
     TaskTimeout,
     WorkerLost,
 )
-from service.executor import DEFAULT_MAX_PENDING, TaskOptions, WorkerService
-from service.futures import TaskFuture
+
+if TYPE_CHECKING:
+    from service.executor import DEFAULT_MAX_PENDING, TaskOptions, WorkerService
+    from service.futures import TaskFuture
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -40,3 +45,25 @@ __all__ = [
     "WorkerLost",
     "WorkerService",
 ]
+
+# Imported on first use, so a worker process (which imports service.worker)
+# does not pay for the executor, asyncio and the logging stack at start-up.
+_LAZY = {
+    "DEFAULT_MAX_PENDING": "service.executor",
+    "TaskOptions": "service.executor",
+    "WorkerService": "service.executor",
+    "TaskFuture": "service.futures",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'service' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

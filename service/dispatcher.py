@@ -291,9 +291,12 @@ class Dispatcher:
         self._forget(handle)
         held = list(handle.tasks)
         handle.tasks.clear()
-        if held and handle.state is not WorkerState.KILLING:
+        clean = exitcode == 0 and handle.state in (WorkerState.RETIRING, WorkerState.STOPPING)
+        crashed = not clean and handle.state is not WorkerState.KILLING
+        if held and crashed:
             head, held = held[0], held[1:]
             self._lose(head, handle, exitcode)
+            crashed = False  # _lose logged it
         for task in reversed(held):  # never started: back to the front, in order
             self._ledger.requeue(task)
         if handle.state is WorkerState.STARTING and self.broken is None:
@@ -306,8 +309,7 @@ class Dispatcher:
                         "and that the task module imports in a fresh process"
                     )
                 )
-        clean = exitcode == 0 and handle.state in (WorkerState.RETIRING, WorkerState.STOPPING)
-        if not clean and handle.state is not WorkerState.KILLING:
+        elif crashed:
             _log.warning(
                 "worker exited", worker_pid=handle.pid, exitcode=describe_exitcode(exitcode)
             )

@@ -33,7 +33,7 @@ class Kind(enum.IntEnum):
     ERROR = 6
     """worker -> parent: the task raised; payload is a pickled ``ErrorInfo``."""
     RETIRE = 7
-    """worker -> parent: I reached a recycling limit and exit 0 after this frame."""
+    """worker -> parent: I reached a recycling limit; my next frame is my last result."""
 
 
 class Frame(NamedTuple):

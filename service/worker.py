@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import pickle
 import select
@@ -101,8 +100,9 @@ def _die_with_parent(config: WorkerConfig, hangup_fd: int) -> None:
     # The kernel signal covers a worker stuck in C code holding the GIL; the
     # watchdog covers forkserver, where the parent is the fork server.
     if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # CDLL(None) is the process's own symbol table, which includes libc;
+        # find_library("c") would run ldconfig in a subprocess.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     ppid = os.getppid()
     if ppid == 1 or (config.close_fds and ppid != config.parent_pid):
         os._exit(ORPHAN_EXITCODE)  # the parent died before prctl took effect
@@ -155,10 +155,13 @@ def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig) -> None:
                 return
             task_id, (kind, payload) = frame.task_id, _run(frame.payload)
             del frame  # free a large argument before the next recv
-            channel.send(kind, task_id, payload)
             done += 1
-            if _over_limits(done, config, rss):
+            retire = _over_limits(done, config, rss)
+            if retire:
+                # Before the result, so the dispatcher never hands us another task.
                 channel.send(Kind.RETIRE, 0, b"")
+            channel.send(kind, task_id, payload)
+            if retire:
                 return
     except TransportBroken:
         os._exit(ORPHAN_EXITCODE)

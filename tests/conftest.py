@@ -1,0 +1,107 @@
+"""Fixtures shared by the behaviour suite.
+
+``make_pool`` builds ``WorkerService`` instances over every transport (the
+``transport`` parameter) and, at teardown, shuts them down with a bound and
+checks that every worker process they started is gone, killing leftovers by
+pid and failing the test if there were any.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from service import WorkerService
+
+TRANSPORTS = ["pipe"]
+
+
+@pytest.fixture(params=TRANSPORTS, ids=lambda t: f"transport={t}")
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _helper_pids() -> set[int]:
+    """multiprocessing's own long-lived helpers, shared by every pool in this process."""
+    pids = set()
+    fs = multiprocessing.forkserver._forkserver
+    if getattr(fs, "_forkserver_pid", None):
+        pids.add(fs._forkserver_pid)
+    rt = multiprocessing.resource_tracker._resource_tracker
+    if getattr(rt, "_pid", None):
+        pids.add(rt._pid)
+    return pids
+
+
+def descendants() -> list[psutil.Process]:
+    """This test process's descendants, minus multiprocessing's shared helpers."""
+    helpers = _helper_pids()
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        if proc.pid in helpers:
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        out.append(proc)
+    return out
+
+
+def wait_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` is alive (zombies count as gone); return survivors."""
+    end = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < end:
+        alive = [p for p in alive if _alive(p)]
+        if alive:
+            time.sleep(0.02)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def make_pool(transport: str) -> Iterator[Callable[..., WorkerService]]:
+    pools: list[WorkerService] = []
+
+    def make(max_workers: int = 2, **kwargs: Any) -> WorkerService:
+        kwargs.setdefault("transport", transport)
+        pool = WorkerService(max_workers, **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield make
+
+    leaked = []
+    for pool in pools:
+        pool._close(True, time.monotonic() + 5.0)
+        if not pool._dispatcher.join(15.0):
+            leaked.append("dispatcher thread did not finish")
+        pool._collector.join(5.0)
+    stray = [p.pid for p in descendants()]
+    survivors = wait_gone(stray, 5.0)
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not leaked, leaked
+    assert not survivors, f"worker processes left behind: {survivors}"
+
+
+@pytest.fixture
+def pool(make_pool: Callable[..., WorkerService]) -> WorkerService:
+    """A two-worker pool on the parametrized transport."""
+    return make_pool(2)
