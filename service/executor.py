@@ -20,6 +20,7 @@ import atexit
 import collections
 import itertools
 import multiprocessing
+import multiprocessing.util  # noqa: F401  (its exit hook must register before ours)
 import os
 import pickle
 import threading
@@ -422,7 +423,8 @@ def _abandon(ledger: Ledger, dispatcher: Dispatcher) -> None:
 
 @atexit.register
 def _shutdown_all() -> None:
-    # Runs before multiprocessing's own exit hook (registered earlier), which
-    # would otherwise join our workers while they still wait for tasks.
+    # atexit runs hooks last-registered first; multiprocessing.util is imported
+    # above so that its hook, which joins every child process, runs after this
+    # one has stopped our workers instead of waiting on them forever.
     for service in list(_live):
         service._exit()

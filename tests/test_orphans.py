@@ -1,0 +1,69 @@
+"""No orphans: workers exit within 2 s of their dispatcher's death, however it dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_gone
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PARENT = textwrap.dedent(
+    """
+    import multiprocessing.forkserver, sys, time
+    from service import WorkerService
+    from tests import tasks
+
+    if __name__ == "__main__":
+        pool = WorkerService(2, start_method=sys.argv[1])
+        busy = [pool.submit(tasks.sleep_forever), pool.submit(tasks.spin_in_c, 600)]
+        deadline = time.monotonic() + 20
+        while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # both tasks are running now
+        pids = pool.worker_pids()
+        server = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
+        if server:
+            pids.append(server)
+        print(" ".join(map(str, pids)), flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_workers_die_with_their_parent(tmp_path: Path, start_method: str, sig: int) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), start_method],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        pids = [int(p) for p in line.split()]
+        assert len(pids) >= 2, line
+        os.kill(proc.pid, sig)
+        proc.wait(10)
+        start = time.monotonic()
+        survivors = wait_gone(pids, 2.0)
+        assert survivors == [], f"alive {time.monotonic() - start:.2f} s after the parent died"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
