@@ -20,7 +20,7 @@ import atexit
 import collections
 import itertools
 import multiprocessing
-import multiprocessing.util  # noqa: F401  (its exit hook must register before ours)
+import multiprocessing.util  # its exit hook must register before ours
 import os
 import pickle
 import threading
