@@ -52,6 +52,7 @@ class WorkerConfig:
     max_tasks: int | None
     max_memory: int | None
     parent_pid: int
+    """The dispatcher's pid, or 0 where the parent is a fork server."""
     close_fds: tuple[int, ...] = ()
 
 
@@ -104,7 +105,7 @@ def _die_with_parent(config: WorkerConfig, hangup_fd: int) -> None:
         # find_library("c") would run ldconfig in a subprocess.
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     ppid = os.getppid()
-    if ppid == 1 or (config.close_fds and ppid != config.parent_pid):
+    if ppid == 1 or (config.parent_pid and ppid != config.parent_pid):
         os._exit(ORPHAN_EXITCODE)  # the parent died before prctl took effect
     watchdog = threading.Thread(
         target=_watch_parent, args=(hangup_fd, ppid), name="pipework-watchdog", daemon=True

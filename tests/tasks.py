@@ -56,12 +56,11 @@ def ignore_sigterm_and_sleep(seconds: float) -> str:
 
 
 def spin_in_c(seconds: float) -> None:
-    """Hold the GIL in C: a pure-C busy loop the interpreter cannot interrupt."""
-    ctypes.CDLL(None).usleep  # noqa: B018 - make sure libc loads before timing starts
+    """Block in C while holding the GIL, so no Python thread or handler can run."""
+    hold_gil = ctypes.PyDLL(None)  # PyDLL, unlike CDLL, keeps the GIL during the call
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        # sum() over a big range runs in C without releasing the GIL.
-        sum(range(1_000_000))
+        hold_gil.usleep(200_000)
 
 
 def raise_value_error(message: str = "boom") -> None:
@@ -126,3 +125,10 @@ def recall(key: str) -> Any:
 def allocate_and_hold(mb: int) -> int:
     _state.setdefault("hoard", []).append(bytearray(mb * 1024 * 1024))
     return os.getpid()
+
+
+def touch_then(path: str, fn_name: str, *args: Any) -> Any:
+    """Create ``path`` (so the test knows the task started), then run another task."""
+    with open(path, "w"):
+        pass
+    return globals()[fn_name](*args)

@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import wait_gone
@@ -19,16 +20,21 @@ ROOT = Path(__file__).resolve().parent.parent
 PARENT = textwrap.dedent(
     """
     import multiprocessing.forkserver, sys, time
+    from pathlib import Path
     from service import WorkerService
     from tests import tasks
 
     if __name__ == "__main__":
         pool = WorkerService(2, start_method=sys.argv[1])
-        busy = [pool.submit(tasks.sleep_forever), pool.submit(tasks.spin_in_c, 600)]
-        deadline = time.monotonic() + 20
-        while len(pool.worker_pids()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # both tasks are running now
+        marks = [Path(sys.argv[2]) / "a", Path(sys.argv[2]) / "b"]
+        busy = [
+            pool.submit(tasks.touch_then, str(marks[0]), "sleep_forever"),
+            pool.submit(tasks.touch_then, str(marks[1]), "spin_in_c", 600),
+        ]
+        deadline = time.monotonic() + 30
+        while not all(m.exists() for m in marks) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)  # both tasks are past touch() and running now
         pids = pool.worker_pids()
         server = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
         if server:
@@ -45,7 +51,7 @@ def test_workers_die_with_their_parent(tmp_path: Path, start_method: str, sig: i
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), start_method],
+        [sys.executable, str(script), start_method, str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -60,10 +66,21 @@ def test_workers_die_with_their_parent(tmp_path: Path, start_method: str, sig: i
         proc.wait(10)
         start = time.monotonic()
         survivors = wait_gone(pids, 2.0)
-        assert survivors == [], f"alive {time.monotonic() - start:.2f} s after the parent died"
+        assert survivors == [], (
+            f"alive {time.monotonic() - start:.2f} s after the parent died: "
+            + ", ".join(_describe(pid) for pid in survivors)
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def _describe(pid: int) -> str:
+    try:
+        proc = psutil.Process(pid)
+        return f"{pid} {proc.status()} ppid={proc.ppid()} {proc.cmdline()[-1][:60]}"
+    except psutil.Error as exc:
+        return f"{pid} {exc!r}"
