@@ -28,11 +28,12 @@ from service.errors import (
 )
 
 if TYPE_CHECKING:
-    from service.executor import DEFAULT_MAX_PENDING, TaskOptions, WorkerService
+    from service.executor import DEFAULT_MAX_PENDING, EXIT_GRACE, TaskOptions, WorkerService
     from service.futures import TaskFuture
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
+    "EXIT_GRACE",
     "BrokenService",
     "PipeworkError",
     "QueueFull",
@@ -50,6 +51,7 @@ __all__ = [
 # does not pay for the executor, asyncio and the logging stack at start-up.
 _LAZY = {
     "DEFAULT_MAX_PENDING": "service.executor",
+    "EXIT_GRACE": "service.executor",
     "TaskOptions": "service.executor",
     "WorkerService": "service.executor",
     "TaskFuture": "service.futures",

@@ -62,6 +62,8 @@ class PipeworkError(Exception):
     _fields: tuple[str, ...] = ()
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if not self._fields:  # the base, or a subclass that keeps plain args
+            return (type(self), self.args, self.__dict__ or None)
         return (type(self), tuple(getattr(self, f) for f in self._fields))
 
 
@@ -169,14 +171,15 @@ class ServiceClosed(PipeworkError, RuntimeError):
 
 
 class SerializationError(PipeworkError):
-    """A task's arguments or result could not be pickled.
+    """A task's function, arguments or result (or an initializer) could not be pickled.
 
-    ``submit`` raises it for arguments, so nothing was queued; for a result,
-    the task's future gets it and no other task is affected.
+    ``submit`` raises it for the function and arguments, so nothing was
+    queued; the constructor raises it for an initializer; for a result, the
+    task's future gets it and no other task is affected.
 
     Attributes:
         type_name: the qualified name of the object's type that failed.
-        what: ``"argument"`` or ``"result"``.
+        what: ``"function"``, ``"argument"``, ``"initializer"`` or ``"result"``.
         reason: the pickling error's message.
     """
 

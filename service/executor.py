@@ -340,28 +340,7 @@ class WorkerService(Executor):
         chunks: Iterator[tuple[tuple[Any, ...], ...]] = iter(
             lambda: tuple(itertools.islice(calls, chunksize)), ()
         )
-        in_flight: collections.deque[TaskFuture[Any]] = collections.deque()
-
-        def submit_next() -> None:
-            chunk = next(chunks, None)
-            if chunk is not None:
-                in_flight.append(submit(call_chunk, fn, chunk))
-
-        for _ in range(ahead):
-            submit_next()
-
-        def results() -> Iterator[T]:
-            try:
-                while in_flight:
-                    future = in_flight.popleft()
-                    submit_next()
-                    left = None if end is None else end - time.monotonic()
-                    yield from future.result(left)
-            finally:
-                for future in in_flight:
-                    future.cancel()
-
-        return results()
+        return _MapIterator(lambda chunk: submit(call_chunk, fn, chunk), chunks, ahead, end)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await pool.run(fn, x)``: submit and await the result in asyncio."""
@@ -414,6 +393,63 @@ class WorkerService(Executor):
         self._close(True, time.monotonic() + grace)
         self._dispatcher.join(grace + 5.0)
         self._collector.join(1.0)
+
+
+@final
+class _MapIterator(Iterator[T]):
+    """Results of ``map`` in order, keeping ``ahead`` chunks in flight.
+
+    A class rather than a generator so that ``close()`` (or garbage
+    collection) cancels outstanding chunks even before the first ``next()``.
+    """
+
+    def __init__(
+        self,
+        submit: Callable[[tuple[tuple[Any, ...], ...]], TaskFuture[list[T]]],
+        chunks: Iterator[tuple[tuple[Any, ...], ...]],
+        ahead: int,
+        end: float | None,
+    ) -> None:
+        self._submit = submit
+        self._chunks = chunks
+        self._end = end
+        self._in_flight: collections.deque[TaskFuture[list[T]]] = collections.deque()
+        self._ready: collections.deque[T] = collections.deque()
+        for _ in range(ahead):
+            if not self._submit_next():
+                break
+
+    def _submit_next(self) -> bool:
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return False
+        self._in_flight.append(self._submit(chunk))
+        return True
+
+    def __next__(self) -> T:
+        while not self._ready:
+            if not self._in_flight:
+                raise StopIteration
+            future = self._in_flight.popleft()
+            try:
+                self._submit_next()
+                left = None if self._end is None else self._end - time.monotonic()
+                chunk = future.result(left)
+            except BaseException:
+                future.cancel()  # a timed-out chunk must not keep its worker
+                self.close()
+                raise
+            self._ready.extend(chunk)
+        return self._ready.popleft()
+
+    def close(self) -> None:
+        """Cancel every chunk not yet read."""
+        while self._in_flight:
+            self._in_flight.popleft().cancel()
+        self._ready.clear()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _abandon(ledger: Ledger, dispatcher: Dispatcher) -> None:

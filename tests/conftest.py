@@ -68,6 +68,15 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
     return alive
 
 
+def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"condition {condition!r} not met within {timeout} s")
+        time.sleep(0.01)
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

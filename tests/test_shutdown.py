@@ -14,7 +14,7 @@ import pytest
 
 from service import ServiceClosed, WorkerService
 from tests import tasks
-from tests.conftest import wait_gone
+from tests.conftest import wait_for, wait_gone
 
 
 def test_shutdown_wait_runs_every_accepted_task(make_pool) -> None:
@@ -25,10 +25,11 @@ def test_shutdown_wait_runs_every_accepted_task(make_pool) -> None:
     assert pool.worker_pids() == []
 
 
-def test_cancel_futures_resolves_every_pending_future_at_once(make_pool) -> None:
+def test_cancel_futures_resolves_every_pending_future_at_once(make_pool, tmp_path: Path) -> None:
     pool: WorkerService = make_pool(1)
-    running = pool.submit(tasks.sleep_then, 0.5, "ran")
-    time.sleep(0.2)  # let it start
+    mark = tmp_path / "started"
+    running = pool.submit(tasks.touch_then, str(mark), "sleep_then", 0.5, "ran")
+    wait_for(mark.exists)
     pending = [pool.submit(tasks.square, i) for i in range(50)]
     pool.shutdown(wait=False, cancel_futures=True)
     _, not_done = cf.wait(pending, timeout=1.0)
@@ -54,7 +55,7 @@ def test_submit_during_shutdown_raises_service_closed(make_pool) -> None:
     slow = pool.submit(tasks.sleep_then, 0.5, "done")
     closer = threading.Thread(target=pool.shutdown, kwargs={"wait": True})
     closer.start()
-    time.sleep(0.1)
+    wait_for(lambda: pool._ledger.closed)
     with pytest.raises(ServiceClosed):
         pool.submit(tasks.square, 2)
     closer.join(30)
@@ -62,11 +63,12 @@ def test_submit_during_shutdown_raises_service_closed(make_pool) -> None:
     assert slow.result(timeout=0) == "done"
 
 
-def test_shutdown_timeout_kills_stuck_tasks(make_pool) -> None:
+def test_shutdown_timeout_kills_stuck_tasks(make_pool, tmp_path: Path) -> None:
     pool: WorkerService = make_pool(2, shutdown_timeout=1.0)
-    stuck = [pool.submit(tasks.sleep_forever) for _ in range(2)]
+    marks = [tmp_path / "a", tmp_path / "b"]
+    stuck = [pool.submit(tasks.touch_then, str(m), "sleep_forever") for m in marks]
     queued = pool.submit(tasks.square, 3)
-    time.sleep(0.2)
+    wait_for(lambda: all(m.exists() for m in marks))
     pids = pool.worker_pids()
     start = time.monotonic()
     pool.shutdown(wait=True)
@@ -109,12 +111,14 @@ EXIT_SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         out = Path(sys.argv[1])
         pool = WorkerService(1, shutdown_timeout=0.5)
-        pool.submit(tasks.sleep_forever)
+        pool.submit(tasks.touch_then, str(out / "started"), "sleep_forever")
         for i in range(20):
             pool.submit(tasks.remember, "x", i)
             pool.submit(tasks.sleep_then, 0, None).add_done_callback(lambda f: None)
         pool.submit(Path.touch, out / "ran")
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while not (out / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         print(" ".join(map(str, pool.worker_pids())), flush=True)
         # Fall off the end with work pending and no shutdown().
     """

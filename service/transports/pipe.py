@@ -88,25 +88,26 @@ class _FrameReader:
         buf = self._buf
         pos = 0
         end = len(buf)
-        while end - pos >= _HEADER.size:
-            length, kind, task_id = _HEADER.unpack_from(buf, pos)
-            if kind not in _KINDS:
-                raise TransportBroken(f"malformed frame: unknown kind {kind}")
-            start = pos + _HEADER.size
-            if end - start >= length:
-                out.append(Frame(Kind(kind), task_id, bytes(buf[start : start + length])))
-                pos = start + length
-                continue
-            if length > _CHUNK:
-                # Read the rest of a large payload in place instead of growing buf.
-                body = bytearray(length)
-                have = end - start
-                body[:have] = buf[start:end]
-                self._body, self._filled = body, have
-                self._body_view = memoryview(body)
-                self._kind, self._task_id = kind, task_id
-                pos = end
-            break
+        with memoryview(buf) as view:  # slices of a view copy once, not twice
+            while end - pos >= _HEADER.size:
+                length, kind, task_id = _HEADER.unpack_from(view, pos)
+                if kind not in _KINDS:
+                    raise TransportBroken(f"malformed frame: unknown kind {kind}")
+                start = pos + _HEADER.size
+                if end - start >= length:
+                    out.append(Frame(Kind(kind), task_id, bytes(view[start : start + length])))
+                    pos = start + length
+                    continue
+                if length > _CHUNK:
+                    # Read the rest of a large payload in place instead of growing buf.
+                    body = bytearray(length)
+                    have = end - start
+                    body[:have] = view[start:end]
+                    self._body, self._filled = body, have
+                    self._body_view = memoryview(body)
+                    self._kind, self._task_id = kind, task_id
+                    pos = end
+                break
         del buf[:pos]
 
     @property
