@@ -17,6 +17,7 @@ be rebuilt becomes ``RemoteError``.
 from __future__ import annotations
 
 import pickle
+import pickletools
 import queue
 import threading
 from typing import Any
@@ -58,6 +59,22 @@ def rebuild_exception(payload: Payload) -> BaseException:
         exc = loaded if isinstance(loaded, BaseException) else RemoteError(type_name, message, tb)
     exc.__cause__ = RemoteTraceback(tb)
     return exc
+
+
+def _first_class_named(data: Payload) -> str:
+    """The first class a pickle refers to: the result's type, for a result that won't load."""
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                return arg.replace(" ", ".")
+            if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # a truncated or odd stream: say so rather than guess
+        pass
+    return "unknown"
 
 
 class Collector:
@@ -107,7 +124,9 @@ class Collector:
                 value = pickle.loads(data)
             except BaseException as err:
                 exc = SerializationError(
-                    "unknown", "result", f"unpickling failed: {type(err).__name__}: {err}"
+                    _first_class_named(data),
+                    "result",
+                    f"cannot unpickle: {type(err).__name__}: {err}",
                 )
                 exc.__cause__ = err
         else:

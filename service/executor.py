@@ -27,12 +27,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any, Literal, TypeVar, final
 
 from service.collector import Collector
 from service.dispatcher import Dispatcher
-from service.errors import BrokenService, SerializationError, ServiceClosed
+from service.errors import BrokenService, PipeworkError, SerializationError, ServiceClosed
 from service.futures import TaskFuture
 from service.ledger import Ledger, Task
 from service.supervisor import StartMethod, Supervisor, default_start_method
@@ -75,19 +75,48 @@ def _check_count(
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
+def _pickles(obj: object) -> bool:
+    try:
+        pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    return True
+
+
+def _innermost_unpicklable(obj: object, depth: int = 0) -> object:
+    """The innermost part of a container that fails to pickle (``obj`` if none smaller)."""
+    if depth >= 8:
+        return obj
+    if isinstance(obj, tuple | list | set | frozenset):
+        parts: list[object] = list(obj)
+    elif isinstance(obj, dict):
+        parts = [*obj.keys(), *obj.values()]
+    else:
+        return obj
+    bad = next((part for part in parts if not _pickles(part)), None)
+    return obj if bad is None else _innermost_unpicklable(bad, depth + 1)
+
+
+def _blame(
+    exc: Exception, head: object, rest: Iterable[object], head_is: str, rest_are: str
+) -> SerializationError:
+    """A SerializationError naming the first of ``head, *rest`` that fails to pickle."""
+    candidates = itertools.chain([(head_is, head)], ((rest_are, item) for item in rest))
+    what, culprit = next(((w, i) for w, i in candidates if not _pickles(i)), (head_is, head))
+    err = SerializationError(
+        type_name(_innermost_unpicklable(culprit)), what, f"{type(exc).__name__}: {exc}"
+    )
+    err.__cause__ = exc
+    return err
+
+
 def _pickle_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
         return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        culprit: object = fn
-        for item in (fn, *args, *kwargs.values()):
-            try:
-                pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
-            except Exception:
-                culprit = item
-                break
-        what = "function" if culprit is fn else "argument"
-        raise SerializationError(type_name(culprit), what, f"{type(exc).__name__}: {exc}") from exc
+        if fn is call_chunk:  # a map chunk: (user function, items)
+            fn, args = args[0], args[1:]
+        raise _blame(exc, fn, [*args, *kwargs.values()], "function", "argument") from exc
 
 
 @final
@@ -193,9 +222,7 @@ class WorkerService(Executor):
             try:
                 pickle.dumps((initializer, initargs), pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
-                raise SerializationError(
-                    type_name(initializer), "initializer", f"{type(exc).__name__}: {exc}"
-                ) from exc
+                raise _blame(exc, initializer, initargs, "initializer", "initargs") from exc
 
         self._max_workers = max_workers
         self._task_timeout = task_timeout
@@ -413,11 +440,15 @@ class _MapIterator(Iterator[T]):
         self._submit = submit
         self._chunks = chunks
         self._end = end
-        self._in_flight: collections.deque[TaskFuture[list[T]]] = collections.deque()
+        self._in_flight: collections.deque[Future[list[T]]] = collections.deque()
         self._ready: collections.deque[T] = collections.deque()
-        for _ in range(ahead):
-            if not self._submit_next():
-                break
+        try:
+            for _ in range(ahead):
+                if not self._submit_next():
+                    break
+        except BaseException:
+            self.close()  # like concurrent.futures, map() itself raises for its first chunks
+            raise
 
     def _submit_next(self) -> bool:
         chunk = next(self._chunks, None)
@@ -426,13 +457,23 @@ class _MapIterator(Iterator[T]):
         self._in_flight.append(self._submit(chunk))
         return True
 
+    def _refill(self) -> None:
+        # Past the first chunks, a chunk that cannot be submitted fails where
+        # its items are, so the results before it are still delivered.
+        try:
+            self._submit_next()
+        except PipeworkError as exc:
+            failed: Future[list[T]] = Future()
+            failed.set_exception(exc)
+            self._in_flight.append(failed)
+
     def __next__(self) -> T:
         while not self._ready:
             if not self._in_flight:
                 raise StopIteration
             future = self._in_flight.popleft()
+            self._refill()
             try:
-                self._submit_next()
                 left = None if self._end is None else self._end - time.monotonic()
                 chunk = future.result(left)
             except BaseException:

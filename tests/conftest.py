@@ -87,6 +87,8 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def make_pool(transport: str) -> Iterator[Callable[..., WorkerService]]:
     pools: list[WorkerService] = []
+    # Processes alive before the test (a module-scoped pool's workers) are not its to check.
+    before = {p.pid for p in descendants()}
 
     def make(max_workers: int = 2, **kwargs: Any) -> WorkerService:
         kwargs.setdefault("transport", transport)
@@ -102,7 +104,7 @@ def make_pool(transport: str) -> Iterator[Callable[..., WorkerService]]:
         if not pool._dispatcher.join(15.0):
             leaked.append("dispatcher thread did not finish")
         pool._collector.join(5.0)
-    stray = [p.pid for p in descendants()]
+    stray = [p.pid for p in descendants() if p.pid not in before]
     survivors = wait_gone(stray, 5.0)
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
