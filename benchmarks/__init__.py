@@ -1,0 +1,1 @@
+"""Benchmarks for pipework against its peers and the raw IPC floor; see ``submit_flood``."""
