@@ -55,6 +55,16 @@ _log = get_logger("pipework.dispatcher")
 _MAX_SLEEP = 1.0
 _START_FAILURES_TO_BREAK = 3
 _ACTIVE = (WorkerState.STARTING, WorkerState.READY)
+_OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
+def _self_inflicted(exitcode: int | None) -> bool:
+    """Whether a worker's death was its own doing (a crash or an exit), not a kill from outside.
+
+    Only those count towards breaking the service: a worker killed while it
+    starts (by an operator, the OOM killer) is simply replaced.
+    """
+    return exitcode is None or exitcode >= 0 or -exitcode not in _OUTSIDE_KILLS
 
 
 class _Waker:
@@ -299,7 +309,11 @@ class Dispatcher:
             crashed = False  # _lose logged it
         for task in reversed(held):  # never started: back to the front, in order
             self._ledger.requeue(task)
-        if handle.state is WorkerState.STARTING and self.broken is None:
+        if (
+            handle.state is WorkerState.STARTING
+            and self.broken is None
+            and _self_inflicted(exitcode)
+        ):
             self._start_failures += 1
             if self._start_failures >= _START_FAILURES_TO_BREAK:
                 self._break(
