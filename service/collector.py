@@ -65,7 +65,7 @@ def _first_class_named(data: Payload) -> str:
     """The first class a pickle refers to: the result's type, for a result that won't load."""
     strings: list[str] = []
     try:
-        for opcode, arg, _ in pickletools.genops(data):
+        for opcode, arg, _ in pickletools.genops(bytes(data)):
             if opcode.name in ("GLOBAL", "INST") and isinstance(arg, str):
                 return arg.replace(" ", ".")
             if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:

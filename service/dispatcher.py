@@ -53,6 +53,7 @@ __all__ = ["Dispatcher"]
 _log = get_logger("pipework.dispatcher")
 
 _MAX_SLEEP = 1.0
+_RETRY_FLUSH = 0.002
 _START_FAILURES_TO_BREAK = 3
 _ACTIVE = (WorkerState.STARTING, WorkerState.READY)
 _OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
@@ -116,6 +117,7 @@ class Dispatcher:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._waker.fileno(), selectors.EVENT_READ, ("wake", None))
         self._workers: list[WorkerHandle] = []
+        self._retry_flush: set[WorkerHandle] = set()
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._closing = False
         self._deadline: float | None = None
@@ -166,13 +168,17 @@ class Dispatcher:
         finally:
             self._collector.stop()
             self._sel.close()
+            self._sup.transport.close()
             self._waker.close()
 
     def _loop(self) -> None:
         now = monotonic()
         while True:
             self._ensure_workers()
-            events = self._sel.select(self._sleep(now))
+            # Edge-triggered channels may hold input their descriptor won't
+            # announce again (a send can consume the edge): don't sleep then.
+            pending = [h for h in self._workers if h.channel.pending()]
+            events = self._sel.select(0 if pending else self._sleep(now))
             now = monotonic()
             for key, _ in events:
                 role, handle = key.data
@@ -186,9 +192,14 @@ class Dispatcher:
                     self._flush(handle)
                 else:
                     self._reap(handle, now)
+            for handle in pending:
+                if handle in self._workers:
+                    self._on_readable(handle, now)
             self._run_commands(now)
             self._check_timers(now)
             self._dispatch(now)
+            for handle in list(self._retry_flush):
+                self._flush(handle)
             if self._closing:
                 self._wind_down(now)
                 if not self._workers and not len(self._ledger):
@@ -203,6 +214,8 @@ class Dispatcher:
                 when.append(handle.kill_at)
         if self._closing and self._deadline is not None:
             when.append(self._deadline)
+        if self._retry_flush:
+            when.append(now + _RETRY_FLUSH)
         return max(0.0, min(when) - now)
 
     # -- workers ------------------------------------------------------------------
@@ -275,14 +288,21 @@ class Dispatcher:
             done = handle.channel.flush()
         except TransportBroken:
             done = True  # the worker is gone; its sentinel will follow
-        if done and handle.writing:
-            self._sel.unregister(handle.channel.write_fileno())
-            handle.writing = False
-        elif not done and not handle.writing:
-            self._sel.register(
-                handle.channel.write_fileno(), selectors.EVENT_WRITE, ("write", handle)
-            )
-            handle.writing = True
+        if done == (not handle.writing):
+            return
+        handle.writing = not done
+        wfd = handle.channel.write_fileno()
+        if wfd < 0 or wfd == handle.channel.fileno():
+            # No separate descriptor announces room to write (ZeroMQ, queues):
+            # retry on every pass, with the selector's sleep kept short.
+            if done:
+                self._retry_flush.discard(handle)
+            else:
+                self._retry_flush.add(handle)
+        elif done:
+            self._sel.unregister(wfd)
+        else:
+            self._sel.register(wfd, selectors.EVENT_WRITE, ("write", handle))
 
     def _reap(self, handle: WorkerHandle, now: float) -> None:
         """The worker's process has exited: settle what it held and forget it."""
@@ -347,6 +367,7 @@ class Dispatcher:
 
     def _forget(self, handle: WorkerHandle) -> None:
         self._workers.remove(handle)
+        self._retry_flush.discard(handle)
         for fd in (handle.channel.fileno(), handle.channel.write_fileno(), handle.process.sentinel):
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(fd)

@@ -13,8 +13,9 @@ from typing import NamedTuple
 
 __all__ = ["Frame", "Kind", "Payload"]
 
-Payload = bytes | bytearray
-"""Frame bodies: bytes, or the bytearray a large payload was read into."""
+Payload = bytes | bytearray | memoryview
+"""Frame bodies: bytes, the bytearray a large payload was read into, or a
+view of a ZeroMQ frame."""
 
 
 class Kind(enum.IntEnum):

@@ -23,13 +23,14 @@ import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from service.errors import SerializationError
-from service.frames import Kind
+from service.frames import Kind, Payload
 from service.transports.base import TransportBroken, WorkerChannel, WorkerEndpoint
 
 __all__ = ["ErrorInfo", "WorkerConfig", "call_chunk", "error_info", "worker_main"]
@@ -83,7 +84,7 @@ def call_chunk(fn: Callable[..., object], items: Iterable[Sequence[Any]]) -> lis
     return [fn(*args) for args in items]
 
 
-def _run(payload: bytes | bytearray) -> tuple[Kind, bytes]:
+def _run(payload: Payload) -> tuple[Kind, bytes]:
     try:
         fn, args, kwargs = pickle.loads(payload)
         value = fn(*args, **kwargs)
@@ -115,9 +116,15 @@ def _die_with_parent(config: WorkerConfig, hangup_fd: int) -> None:
 
 def _watch_parent(fd: int, ppid: int) -> None:
     poller = select.poll()
-    poller.register(fd, 0)  # POLLHUP and POLLERR are always reported
+    if fd >= 0:
+        poller.register(fd, 0)  # POLLHUP and POLLERR are always reported
     while True:
-        if poller.poll(_WATCH_INTERVAL_MS) or os.getppid() != ppid:
+        if fd >= 0:
+            hung_up = bool(poller.poll(_WATCH_INTERVAL_MS))
+        else:
+            time.sleep(_WATCH_INTERVAL_MS / 1000)
+            hung_up = False
+        if hung_up or os.getppid() != ppid:
             os._exit(ORPHAN_EXITCODE)
 
 
@@ -142,27 +149,33 @@ def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig) -> None:
         me = psutil.Process()
         rss = lambda: int(me.memory_info().rss)  # noqa: E731
     try:
-        if config.initializer is not None:
-            try:
-                config.initializer(*config.initargs)
-            except BaseException as exc:
-                channel.send(Kind.INIT_FAILED, 0, error_info(exc))
-                return
-        channel.send(Kind.READY, 0, b"")
-        done = 0
-        while True:
-            frame = channel.recv()
-            if frame.kind is Kind.STOP:
-                return
-            task_id, (kind, payload) = frame.task_id, _run(frame.payload)
-            del frame  # free a large argument before the next recv
-            done += 1
-            retire = _over_limits(done, config, rss)
-            if retire:
-                # Before the result, so the dispatcher never hands us another task.
-                channel.send(Kind.RETIRE, 0, b"")
-            channel.send(kind, task_id, payload)
-            if retire:
-                return
+        _serve(channel, config, rss)
     except TransportBroken:
         os._exit(ORPHAN_EXITCODE)
+    channel.close()
+
+
+def _serve(channel: WorkerChannel, config: WorkerConfig, rss: Callable[[], int] | None) -> None:
+    """Run the initializer, then tasks, until STOP or a recycling limit."""
+    if config.initializer is not None:
+        try:
+            config.initializer(*config.initargs)
+        except BaseException as exc:
+            channel.send(Kind.INIT_FAILED, 0, error_info(exc))
+            return
+    channel.send(Kind.READY, 0, b"")
+    done = 0
+    while True:
+        frame = channel.recv()
+        if frame.kind is Kind.STOP:
+            return
+        task_id, (kind, payload) = frame.task_id, _run(frame.payload)
+        del frame  # free a large argument before the next recv
+        done += 1
+        retire = _over_limits(done, config, rss)
+        if retire:
+            # Before the result, so the dispatcher never hands us another task.
+            channel.send(Kind.RETIRE, 0, b"")
+        channel.send(kind, task_id, payload)
+        if retire:
+            return

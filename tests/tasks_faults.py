@@ -192,7 +192,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 def thread_waits_on(pid: int, tid: int | None = None) -> str:
-    """``"write"``/``"read"`` while that thread is blocked writing/reading a pipe, else ``""``.
+    """``"write"``/``"read"`` while that thread is blocked writing/reading a pipe,
+    ``"poll"`` while it waits in poll (a ZeroMQ worker after a send), else ``""``.
 
     From the kernel's ``wchan`` (``pipe_write``, ``anon_pipe_write``, ...):
     a thread blocked in a pipe write is in the middle of a frame that does not
@@ -207,6 +208,10 @@ def thread_waits_on(pid: int, tid: int | None = None) -> str:
         return "write"
     if "pipe_read" in wchan:
         return "read"
+    if "poll" in wchan:
+        # A ZeroMQ worker's main thread polls its socket once send_multipart
+        # has handed the frame to libzmq's I/O thread, which is now writing it.
+        return "poll"
     return ""
 
 

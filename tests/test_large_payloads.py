@@ -102,7 +102,7 @@ def kill_when(pid: int, victim: TaskFuture[Any], when: str, delay: float) -> Non
     if when == "mid-write":
         # Or once the victim is done: the write won, which the test accepts.
         faults.wait_until(
-            lambda: victim.done() or faults.thread_waits_on(pid) == "write", 10.0, 0.0005
+            lambda: victim.done() or faults.thread_waits_on(pid) in ("write", "poll"), 10.0, 0.0005
         )
     time.sleep(delay)
     os.kill(pid, signal.SIGKILL)

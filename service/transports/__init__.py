@@ -12,6 +12,7 @@ from service.transports.base import (
 )
 
 __all__ = [
+    "NAMES",
     "ParentChannel",
     "Transport",
     "TransportBroken",
@@ -22,14 +23,27 @@ __all__ = [
 ]
 
 
-def get_transport(name: str) -> Transport:
-    """Return the transport called ``name``.
+def get_transport(spec: str | Transport) -> Transport:
+    """Return the transport named by ``spec``, or ``spec`` itself if it is one.
+
+    Names: ``"pipe"``, ``"zmq"`` (``ipc://``), ``"zmq+tcp"`` (``tcp://`` on loopback).
 
     Raises:
         ValueError: no transport has that name.
     """
-    if name == "pipe":
+    if not isinstance(spec, str):
+        return spec
+    if spec == "pipe":
         from service.transports.pipe import PipeTransport  # noqa: PLC0415
 
         return PipeTransport()
-    raise ValueError(f"unknown transport {name!r}; expected 'pipe'")
+    if spec in ("zmq", "zmq+tcp"):
+        # Imported here so that pyzmq loads only for the pools that use it.
+        from service.transports.zmq import ZmqTransport  # noqa: PLC0415
+
+        return ZmqTransport("tcp" if spec == "zmq+tcp" else "ipc")
+    raise ValueError(f"unknown transport {spec!r}; expected one of {', '.join(NAMES)}")
+
+
+NAMES = ("pipe", "zmq", "zmq+tcp")
+"""The transports ``WorkerService(transport=...)`` accepts by name."""

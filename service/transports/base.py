@@ -47,7 +47,19 @@ class ParentChannel(Protocol):
         ...
 
     def write_fileno(self) -> int:
-        """A descriptor that is writable when ``flush`` can make progress."""
+        """A descriptor that is writable when ``flush`` can make progress.
+
+        -1 (or the same as ``fileno()``) if there is none: the dispatcher
+        then retries ``flush`` every few milliseconds while output is queued.
+        """
+        ...
+
+    def pending(self) -> bool:
+        """True if input is buffered that ``fileno()`` will not announce.
+
+        Edge-triggered descriptors (ZeroMQ's) only signal new arrivals; after
+        a send, messages already queued must be found by asking.
+        """
         ...
 
     def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
@@ -96,7 +108,11 @@ class WorkerChannel(Protocol):
         ...
 
     def hangup_fileno(self) -> int:
-        """A descriptor that reports POLLHUP once the dispatcher's end is closed."""
+        """A descriptor that reports POLLHUP once the dispatcher's end is closed, or -1."""
+        ...
+
+    def close(self) -> None:
+        """Deliver what was sent, then release the channel (the worker is exiting)."""
         ...
 
 
@@ -123,4 +139,8 @@ class Transport(Protocol):
 
     def inheritable_fds(self, channel: ParentChannel) -> list[int]:
         """Descriptors of the parent's end that a forked sibling must close."""
+        ...
+
+    def close(self) -> None:
+        """Release what the transport holds beyond its channels (sockets, directories)."""
         ...

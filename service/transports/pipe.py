@@ -150,6 +150,9 @@ class _ParentPipeChannel:
     def write_fileno(self) -> int:
         return self._wfd
 
+    def pending(self) -> bool:
+        return False
+
     def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
         if self._closed:
             raise TransportClosed("channel is closed")
@@ -235,6 +238,10 @@ class _WorkerPipeChannel:
     def hangup_fileno(self) -> int:
         return self._rfd
 
+    def close(self) -> None:
+        os.close(self._rfd)
+        os.close(self._wfd)
+
 
 class _PipeEndpoint:
     """The worker's two pipe ends, wrapped in Connections so spawn/forkserver pass them."""
@@ -272,3 +279,6 @@ class PipeTransport:
 
     def inheritable_fds(self, channel: ParentChannel) -> list[int]:
         return [channel.fileno(), channel.write_fileno()]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,237 @@
+"""The ``zmq`` transport: a ROUTER in the dispatcher, a DEALER in each worker.
+
+```
+ dispatcher                                   worker n
+ ROUTER (bound, one per worker) <── ipc:// or tcp:// ──> DEALER (routing id b"w<n>")
+   [id, header, payload] ──TASK──▶                 [header, payload]
+   ◀── READY / RESULT / ERROR / RETIRE ──
+```
+
+Each worker gets its own ROUTER endpoint (``ipc://`` in a private 0700
+directory by default, ``tcp://127.0.0.1`` when asked), so a worker that dies
+mid-message can only lose its own partial message, which libzmq discards:
+ZeroMQ delivers whole messages or nothing. The dispatcher already gives each
+worker work only when it has credit (it announced READY and holds no task),
+so it knows exactly which worker holds which task.
+
+Socket options are set explicitly: ``ROUTER_MANDATORY`` (a send to a worker
+that is not connected fails instead of vanishing), high-water marks,
+``MAXMSGSIZE``, and ``LINGER=0`` in the dispatcher (closing never waits for a
+dead peer). A worker lingers up to ``WORKER_LINGER_MS`` at exit so that its
+last result is really sent. Each worker creates its own context after it
+starts: a context must never cross a fork.
+
+ZeroMQ's descriptor is edge-triggered, so the channel reports ``pending()``
+input that arrived while the dispatcher was sending, and there is no
+separate write descriptor: a send that would block is retried by the
+dispatcher. A worker's death is seen through its process sentinel.
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import struct
+import tempfile
+from typing import Literal
+
+import zmq
+
+from service.frames import Frame, Kind
+from service.transports.base import (
+    ParentChannel,
+    TransportBroken,
+    TransportClosed,
+    WorkerEndpoint,
+)
+
+__all__ = ["WORKER_LINGER_MS", "ZmqTransport"]
+
+_HEADER = struct.Struct("<BQ")
+_KINDS = frozenset(int(k) for k in Kind)
+_HWM = 1000
+_MAX_MESSAGE = 1 << 34  # 16 GiB: local workers are trusted; it only bounds garbage
+# Messages one recv() call takes before yielding to the other channels.
+_RECV_BUDGET = 256
+_POLL_MS = 1000
+WORKER_LINGER_MS = 5000
+"""How long a worker's socket may take, at exit, to hand over its last frames."""
+
+Where = Literal["ipc", "tcp"]
+
+
+def _decode(header: zmq.Frame) -> tuple[Kind, int]:
+    raw = header.bytes
+    if len(raw) != _HEADER.size:
+        raise TransportBroken(f"malformed frame: header of {len(raw)} bytes")
+    kind, task_id = _HEADER.unpack(raw)
+    if kind not in _KINDS:
+        raise TransportBroken(f"malformed frame: unknown kind {kind}")
+    return Kind(kind), task_id
+
+
+class _ParentZmqChannel:
+    """Dispatcher side: a ROUTER with exactly one peer."""
+
+    def __init__(self, sock: zmq.Socket[bytes], peer: bytes) -> None:
+        self._sock = sock
+        self._peer = peer
+        self._fd = int(sock.getsockopt(zmq.FD))
+        self._out: collections.deque[list[bytes | memoryview]] = collections.deque()
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write_fileno(self) -> int:
+        return -1
+
+    def pending(self) -> bool:
+        if self._closed:
+            return False
+        return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
+        if self._closed:
+            raise TransportClosed("channel is closed")
+        self._out.append([self._peer, _HEADER.pack(kind, task_id), memoryview(payload)])
+
+    def flush(self) -> bool:
+        if self._closed:
+            raise TransportClosed("channel is closed")
+        while self._out:
+            try:
+                self._sock.send_multipart(self._out[0], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    # Not connected yet (a worker still starting), or gone: its
+                    # sentinel will tell which. Keep the frame and retry.
+                    return False
+                raise TransportBroken("cannot send to worker") from exc
+            self._out.popleft()
+        return True
+
+    def recv(self) -> list[Frame]:
+        if self._closed:
+            raise TransportClosed("channel is closed")
+        frames: list[Frame] = []
+        for _ in range(_RECV_BUDGET):
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                raise TransportBroken("cannot receive from worker") from exc
+            if len(parts) != 3 or parts[0].bytes != self._peer:
+                raise TransportBroken(f"malformed message of {len(parts)} parts")
+            kind, task_id = _decode(parts[1])
+            frames.append(Frame(kind, task_id, parts[2].buffer))
+        return frames
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._out.clear()
+            self._sock.close(linger=0)
+
+
+class _WorkerZmqChannel:
+    """Worker side: a DEALER connected to its own ROUTER."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], sock: zmq.Socket[bytes]) -> None:
+        self._ctx = ctx
+        self._sock = sock
+
+    def recv(self) -> Frame:
+        while not self._sock.poll(_POLL_MS):
+            pass  # the watchdog thread ends the process if the dispatcher is gone
+        parts = self._sock.recv_multipart(copy=False)
+        if len(parts) != 2:
+            raise TransportBroken(f"malformed message of {len(parts)} parts")
+        kind, task_id = _decode(parts[0])
+        return Frame(kind, task_id, parts[1].buffer)
+
+    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
+        self._sock.send_multipart([_HEADER.pack(kind, task_id), payload], copy=False)
+
+    def hangup_fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        self._sock.close(linger=WORKER_LINGER_MS)
+        self._ctx.term()
+
+
+class _ZmqEndpoint:
+    """Where a worker connects, and the routing id it takes."""
+
+    def __init__(self, address: str, routing_id: bytes) -> None:
+        self.address = address
+        self.routing_id = routing_id
+
+    def open(self) -> _WorkerZmqChannel:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        sock.setsockopt(zmq.SNDHWM, _HWM)
+        sock.setsockopt(zmq.RCVHWM, _HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE)
+        sock.connect(self.address)
+        return _WorkerZmqChannel(ctx, sock)
+
+
+class ZmqTransport:
+    """Frames over ZeroMQ ROUTER/DEALER pairs, ``ipc://`` (default) or ``tcp://`` on loopback."""
+
+    name = "zmq"
+
+    def __init__(self, where: Where = "ipc") -> None:
+        if where not in ("ipc", "tcp"):
+            raise ValueError(f"zmq transport needs 'ipc' or 'tcp', not {where!r}")
+        self._where = where
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._dir: str | None = None
+        self._count = 0
+
+    def _context(self) -> zmq.Context[zmq.Socket[bytes]]:
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+            if self._where == "ipc":
+                self._dir = tempfile.mkdtemp(prefix="pipework-")  # mode 0700
+        return self._ctx
+
+    def pair(self) -> tuple[_ParentZmqChannel, _ZmqEndpoint]:
+        sock = self._context().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, _HWM)
+        sock.setsockopt(zmq.RCVHWM, _HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE)
+        self._count += 1
+        try:
+            if self._where == "ipc":
+                sock.bind(f"ipc://{self._dir}/w{self._count}.sock")
+            else:
+                sock.bind("tcp://127.0.0.1:*")
+            address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        peer = b"w%d" % self._count
+        return _ParentZmqChannel(sock, peer), _ZmqEndpoint(address, peer)
+
+    def started(self, endpoint: WorkerEndpoint) -> None:
+        pass
+
+    def inheritable_fds(self, channel: ParentChannel) -> list[int]:
+        return []
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
