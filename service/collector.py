@@ -1,7 +1,7 @@
 """The collector: turns outcomes into resolved futures, and runs callbacks.
 
 ```
- dispatcher ──(task, RESULT|ERROR, payload)──▶ outcomes ──▶ collector thread
+ dispatcher ──(task, RESULT|ERROR, frame)────▶ outcomes ──▶ collector thread
             ──(task, None, exception)────────▶            ├─ unpickle
                                                            ├─ future.set_result / set_exception
                                                            │    └─ done-callbacks run here
@@ -22,6 +22,7 @@ import queue
 import threading
 from typing import Any
 
+from service import pickling
 from service.errors import RemoteError, SerializationError
 from service.frames import Kind, Payload
 from service.ledger import Ledger, Task
@@ -92,7 +93,7 @@ class Collector:
         self.ident = self._thread.ident
 
     def put(self, task: Task, kind: Kind | None, data: Any) -> None:
-        """Hand over a frame's ``(kind, payload)``, or ``(None, exception)``."""
+        """Hand over ``(kind, frame)`` from a worker, or ``(None, exception)``."""
         self._inbox.put((task, kind, data))
 
     def stop(self) -> None:
@@ -111,7 +112,13 @@ class Collector:
                 return
             task, kind, data = item
             del item
-            self._resolve(task, kind, data)
+            try:
+                self._resolve(task, kind, data)
+            except BaseException as exc:  # a bug here must not strand every later future
+                _log.exception("collector failed to resolve a task", task_id=task.id)
+                if task.future is not None:
+                    task.future._pw_resolve(exc=exc)
+                self._ledger.release(task)
             del task, data
 
     def _resolve(self, task: Task, kind: Kind | None, data: Any) -> None:
@@ -121,20 +128,21 @@ class Collector:
             exc = data
         elif kind is Kind.RESULT:
             try:
-                value = pickle.loads(data)
+                value = pickling.loads(data.payload, data.buffers)
             except BaseException as err:
                 exc = SerializationError(
-                    _first_class_named(data),
+                    _first_class_named(data.payload),
                     "result",
                     f"cannot unpickle: {type(err).__name__}: {err}",
                 )
                 exc.__cause__ = err
         else:
             try:
-                exc = rebuild_exception(data)
+                exc = rebuild_exception(data.payload)
             except BaseException as err:  # a garbled ErrorInfo is still only this task's problem
                 exc = RemoteError(type(err).__name__, f"unreadable error report: {err}")
         task.payload = None
+        task.buffers = []
         future = task.future
         if future is not None:
             future._pw_resolve(value, exc)

@@ -263,7 +263,7 @@ class Dispatcher:
             task = handle.tasks.popleft()
             task.state = TaskState.DONE if kind is Kind.RESULT else TaskState.FAILED
             task.worker = None
-            self._collector.put(task, kind, frame.payload)
+            self._collector.put(task, kind, frame)
             handle.arm(now)
         elif kind is Kind.READY:
             if handle.state is WorkerState.STARTING:
@@ -433,7 +433,7 @@ class Dispatcher:
             handle.tasks.append(task)
             handle.arm(now)
             assert task.payload is not None
-            handle.channel.send(Kind.TASK, task.id, task.payload)
+            handle.channel.send(Kind.TASK, task.id, task.payload, task.buffers)
             self._flush(handle)
 
     def _next_task(self) -> Task | None:

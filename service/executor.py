@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, Literal, TypeVar, final
 
+from service import pickling
 from service.collector import Collector
 from service.dispatcher import Dispatcher
 from service.errors import BrokenService, PipeworkError, SerializationError, ServiceClosed
@@ -110,9 +111,11 @@ def _blame(
     return err
 
 
-def _pickle_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def _pickle_call(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[bytes, list[memoryview]]:
     try:
-        return pickle.dumps((fn, args, kwargs), pickle.HIGHEST_PROTOCOL)
+        return pickling.dumps((fn, args, kwargs))
     except Exception as exc:
         if fn is call_chunk:  # a map chunk: (user function, items)
             fn, args = args[0], args[1:]
@@ -298,7 +301,8 @@ class WorkerService(Executor):
         self._raise_if_closed()
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
-        task = Task(next(self._ids), _pickle_call(fn, args, kwargs), timeout, retries)
+        payload, buffers = _pickle_call(fn, args, kwargs)
+        task = Task(next(self._ids), payload, buffers, timeout, retries)
         future: TaskFuture[T] = TaskFuture(task, self._on_cancel)
         task.future = future  # type: ignore[assignment]
         bounded = threading.get_ident() != self._collector.ident

@@ -1,9 +1,10 @@
 """The frames that cross a worker's channel, and their kinds.
 
-A frame is ``(kind, task_id, payload)``: a one-byte kind, the task it is
-about (0 when none), and opaque bytes. Only the worker and the collector ever
-unpickle a payload; the dispatcher routes on the header alone, so a result
-that cannot be unpickled fails its own task and nothing else.
+A frame is ``(kind, task_id, payload, buffers)``: a one-byte kind, the task
+it is about (0 when none), opaque bytes, and any out-of-band buffers. Only
+the worker and the collector ever unpickle a payload; the dispatcher routes
+on the header alone, so a result that cannot be unpickled fails its own task
+and nothing else.
 """
 
 from __future__ import annotations
@@ -43,3 +44,5 @@ class Frame(NamedTuple):
     kind: Kind
     task_id: int
     payload: Payload
+    buffers: tuple[Payload, ...] = ()
+    """Out-of-band pickle buffers that go with ``payload`` (see ``service.pickling``)."""

@@ -48,6 +48,7 @@ class Task:
 
     __slots__ = (
         "attempt",
+        "buffers",
         "future",
         "id",
         "payload",
@@ -59,9 +60,17 @@ class Task:
         "worker",
     )
 
-    def __init__(self, task_id: int, payload: bytes, timeout: float | None, retries: int) -> None:
+    def __init__(
+        self,
+        task_id: int,
+        payload: bytes,
+        buffers: list[memoryview],
+        timeout: float | None,
+        retries: int,
+    ) -> None:
         self.id = task_id
         self.payload: bytes | None = payload
+        self.buffers = buffers
         self.timeout = timeout
         self.retries = retries
         self.attempt = 0

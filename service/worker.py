@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service import pickling
 from service.errors import SerializationError
 from service.frames import Kind, Payload
 from service.transports.base import TransportBroken, WorkerChannel, WorkerEndpoint
@@ -84,18 +85,19 @@ def call_chunk(fn: Callable[..., object], items: Iterable[Sequence[Any]]) -> lis
     return [fn(*args) for args in items]
 
 
-def _run(payload: Payload) -> tuple[Kind, bytes]:
+def _run(payload: Payload, buffers: tuple[Payload, ...]) -> tuple[Kind, bytes, list[memoryview]]:
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        fn, args, kwargs = pickling.loads(payload, buffers)
         value = fn(*args, **kwargs)
     except BaseException as exc:
-        return Kind.ERROR, error_info(exc)
+        return Kind.ERROR, error_info(exc), []
     try:
-        return Kind.RESULT, pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        result, out_of_band = pickling.dumps(value)
     except BaseException as exc:
         err = SerializationError(type_name(value), "result", f"{type_name(exc)}: {exc}")
         err.__cause__ = exc
-        return Kind.ERROR, error_info(err)
+        return Kind.ERROR, error_info(err), []
+    return Kind.RESULT, result, out_of_band
 
 
 def _die_with_parent(config: WorkerConfig, hangup_fd: int) -> None:
@@ -169,13 +171,15 @@ def _serve(channel: WorkerChannel, config: WorkerConfig, rss: Callable[[], int] 
         frame = channel.recv()
         if frame.kind is Kind.STOP:
             return
-        task_id, (kind, payload) = frame.task_id, _run(frame.payload)
+        task_id = frame.task_id
+        kind, payload, buffers = _run(frame.payload, frame.buffers)
         del frame  # free a large argument before the next recv
         done += 1
         retire = _over_limits(done, config, rss)
         if retire:
             # Before the result, so the dispatcher never hands us another task.
             channel.send(Kind.RETIRE, 0, b"")
-        channel.send(kind, task_id, payload)
+        channel.send(kind, task_id, payload, buffers)
+        del payload, buffers
         if retire:
             return

@@ -17,6 +17,7 @@ Errors separate "we closed it" (``TransportClosed``) from "the peer broke it"
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from service.frames import Frame, Kind
@@ -62,8 +63,10 @@ class ParentChannel(Protocol):
         """
         ...
 
-    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
-        """Queue a frame; call ``flush`` to write it."""
+    def send(
+        self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
+    ) -> None:
+        """Queue a frame and its out-of-band buffers (not copied); ``flush`` writes it."""
         ...
 
     def flush(self) -> bool:
@@ -99,8 +102,10 @@ class WorkerChannel(Protocol):
         """
         ...
 
-    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
-        """Write one whole frame.
+    def send(
+        self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
+    ) -> None:
+        """Write one whole frame, with its out-of-band buffers.
 
         Raises:
             TransportBroken: the dispatcher is gone.

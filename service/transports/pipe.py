@@ -13,8 +13,11 @@ keeps partial frames per channel, and a worker killed mid-write leaves a
 truncated frame that is discarded at end of file. Each worker has its own
 pair of pipes, so no writer ever holds a lock another writer needs.
 
-Frame: ``<QBQ`` header (payload length, kind, task id), then the payload.
-Large payloads are read straight into one preallocated buffer.
+Frame: a ``<QBQH`` header (body length, kind, task id, number of out-of-band
+buffers), then the body: one 8-byte length per buffer, the payload, the
+buffers. The sender hands the OS every piece with one ``writev`` (no copy);
+a large body is read straight into one preallocated buffer, and the payload
+and buffers are views of it (no copy either).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import contextlib
 import fcntl
 import os
 import struct
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 from service.frames import Frame, Kind
@@ -36,7 +40,8 @@ from service.transports.base import (
 
 __all__ = ["PipeTransport"]
 
-_HEADER = struct.Struct("<QBQ")
+_HEADER = struct.Struct("<QBQH")
+_LENGTH = struct.Struct("<Q")
 _CHUNK = 256 * 1024
 # Bytes one recv() call may consume before yielding to the other channels.
 _RECV_BUDGET = 16 * 1024 * 1024
@@ -56,7 +61,7 @@ def _grow_pipe(fd: int) -> None:
 class _FrameReader:
     """Reassembles frames from a byte stream read in arbitrary pieces."""
 
-    __slots__ = ("_body", "_body_view", "_buf", "_filled", "_kind", "_task_id")
+    __slots__ = ("_body", "_body_view", "_buf", "_filled", "_kind", "_nbufs", "_task_id")
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -65,6 +70,7 @@ class _FrameReader:
         self._filled = 0
         self._kind = 0
         self._task_id = 0
+        self._nbufs = 0
 
     def read_once(self, fd: int) -> int:
         """Do one read(2) from ``fd``; return the bytes read (0 at end of file)."""
@@ -81,7 +87,7 @@ class _FrameReader:
         if self._body is not None:
             if self._filled < len(self._body):
                 return
-            out.append(Frame(Kind(self._kind), self._task_id, self._body))
+            out.append(_frame(self._kind, self._task_id, self._nbufs, self._body))
             self._body = None
             self._body_view.release()
             self._body_view = memoryview(b"")
@@ -90,12 +96,13 @@ class _FrameReader:
         end = len(buf)
         with memoryview(buf) as view:  # slices of a view copy once, not twice
             while end - pos >= _HEADER.size:
-                length, kind, task_id = _HEADER.unpack_from(view, pos)
+                length, kind, task_id, nbufs = _HEADER.unpack_from(view, pos)
                 if kind not in _KINDS:
                     raise TransportBroken(f"malformed frame: unknown kind {kind}")
                 start = pos + _HEADER.size
                 if end - start >= length:
-                    out.append(Frame(Kind(kind), task_id, bytes(view[start : start + length])))
+                    small = bytes(view[start : start + length])
+                    out.append(_frame(kind, task_id, nbufs, small))
                     pos = start + length
                     continue
                 if length > _CHUNK:
@@ -105,7 +112,7 @@ class _FrameReader:
                     body[:have] = view[start:end]
                     self._body, self._filled = body, have
                     self._body_view = memoryview(body)
-                    self._kind, self._task_id = kind, task_id
+                    self._kind, self._task_id, self._nbufs = kind, task_id, nbufs
                     pos = end
                 break
         del buf[:pos]
@@ -114,6 +121,41 @@ class _FrameReader:
     def partial(self) -> bool:
         """True if a frame has started but not finished."""
         return self._body is not None or bool(self._buf)
+
+
+def _frame(kind: int, task_id: int, nbufs: int, body: bytes | bytearray) -> Frame:
+    if not nbufs:
+        return Frame(Kind(kind), task_id, body)
+    view = memoryview(body)
+    table = _LENGTH.size * nbufs
+    if table > len(body):
+        raise TransportBroken("malformed frame: buffer table past the end")
+    lengths = [_LENGTH.unpack_from(view, i * _LENGTH.size)[0] for i in range(nbufs)]
+    end = len(body) - sum(lengths)
+    if end < table:
+        raise TransportBroken("malformed frame: buffers longer than the frame")
+    buffers = []
+    pos = end
+    for n in lengths:
+        buffers.append(view[pos : pos + n])
+        pos += n
+    return Frame(Kind(kind), task_id, view[table:end], tuple(buffers))
+
+
+def _pieces(
+    kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview]
+) -> list[memoryview]:
+    """The frame as a list of buffers for writev, none of them copied."""
+    sizes = [b.nbytes for b in buffers]
+    table = b"".join(_LENGTH.pack(n) for n in sizes)
+    length = len(table) + len(payload) + sum(sizes)
+    out = [memoryview(_HEADER.pack(length, kind, task_id, len(buffers)))]
+    if table:
+        out.append(memoryview(table))
+    if payload:
+        out.append(memoryview(payload))
+    out.extend(b.cast("B") if b.format != "B" or b.ndim != 1 else b for b in buffers)
+    return out
 
 
 def _write_some(fd: int, bufs: collections.deque[memoryview]) -> None:
@@ -153,12 +195,12 @@ class _ParentPipeChannel:
     def pending(self) -> bool:
         return False
 
-    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
+    def send(
+        self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
+    ) -> None:
         if self._closed:
             raise TransportClosed("channel is closed")
-        self._out.append(memoryview(_HEADER.pack(len(payload), kind, task_id)))
-        if payload:
-            self._out.append(memoryview(payload))
+        self._out.extend(_pieces(kind, task_id, payload, buffers))
 
     def flush(self) -> bool:
         if self._closed:
@@ -226,10 +268,10 @@ class _WorkerPipeChannel:
             self._ready.extend(frames)
         return self._ready.popleft()
 
-    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
-        bufs = collections.deque([memoryview(_HEADER.pack(len(payload), kind, task_id))])
-        if payload:
-            bufs.append(memoryview(payload))
+    def send(
+        self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
+    ) -> None:
+        bufs = collections.deque(_pieces(kind, task_id, payload, buffers))
         try:
             _write_some(self._wfd, bufs)
         except OSError as exc:

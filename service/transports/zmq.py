@@ -3,7 +3,7 @@
 ```
  dispatcher                                   worker n
  ROUTER (bound, one per worker) <── ipc:// or tcp:// ──> DEALER (routing id b"w<n>")
-   [id, header, payload] ──TASK──▶                 [header, payload]
+   [id, header, payload, *buffers] ──TASK──▶       [header, payload, *buffers]
    ◀── READY / RESULT / ERROR / RETIRE ──
 ```
 
@@ -33,6 +33,7 @@ import collections
 import shutil
 import struct
 import tempfile
+from collections.abc import Sequence
 from typing import Literal
 
 import zmq
@@ -91,10 +92,12 @@ class _ParentZmqChannel:
             return False
         return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
-    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
+    def send(
+        self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
+    ) -> None:
         if self._closed:
             raise TransportClosed("channel is closed")
-        self._out.append([self._peer, _HEADER.pack(kind, task_id), memoryview(payload)])
+        self._out.append([self._peer, _HEADER.pack(kind, task_id), payload, *buffers])
 
     def flush(self) -> bool:
         if self._closed:
@@ -124,10 +127,11 @@ class _ParentZmqChannel:
                 break
             except zmq.ZMQError as exc:
                 raise TransportBroken("cannot receive from worker") from exc
-            if len(parts) != 3 or parts[0].bytes != self._peer:
+            if len(parts) < 3 or parts[0].bytes != self._peer:
                 raise TransportBroken(f"malformed message of {len(parts)} parts")
             kind, task_id = _decode(parts[1])
-            frames.append(Frame(kind, task_id, parts[2].buffer))
+            buffers = tuple(part.buffer for part in parts[3:])
+            frames.append(Frame(kind, task_id, parts[2].buffer, buffers))
         return frames
 
     def close(self) -> None:
@@ -148,13 +152,15 @@ class _WorkerZmqChannel:
         while not self._sock.poll(_POLL_MS):
             pass  # the watchdog thread ends the process if the dispatcher is gone
         parts = self._sock.recv_multipart(copy=False)
-        if len(parts) != 2:
+        if len(parts) < 2:
             raise TransportBroken(f"malformed message of {len(parts)} parts")
         kind, task_id = _decode(parts[0])
-        return Frame(kind, task_id, parts[1].buffer)
+        return Frame(kind, task_id, parts[1].buffer, tuple(part.buffer for part in parts[2:]))
 
-    def send(self, kind: Kind, task_id: int, payload: bytes) -> None:
-        self._sock.send_multipart([_HEADER.pack(kind, task_id), payload], copy=False)
+    def send(
+        self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
+    ) -> None:
+        self._sock.send_multipart([_HEADER.pack(kind, task_id), payload, *buffers], copy=False)
 
     def hangup_fileno(self) -> int:
         return -1
