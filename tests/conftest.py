@@ -31,14 +31,12 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 def _helper_pids() -> set[int]:
     """multiprocessing's own long-lived helpers, shared by every pool in this process."""
-    pids = set()
-    fs = multiprocessing.forkserver._forkserver
-    if getattr(fs, "_forkserver_pid", None):
-        pids.add(fs._forkserver_pid)
-    rt = multiprocessing.resource_tracker._resource_tracker
-    if getattr(rt, "_pid", None):
-        pids.add(rt._pid)
-    return pids
+    # Private attributes: multiprocessing has no public way to name these pids.
+    candidates = (
+        getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None),
+        getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None),
+    )
+    return {pid for pid in candidates if isinstance(pid, int)}
 
 
 def descendants() -> list[psutil.Process]:
