@@ -54,6 +54,7 @@ _log = get_logger("pipework.dispatcher")
 
 _MAX_SLEEP = 1.0
 _RETRY_FLUSH = 0.002
+_HEALTH_INTERVAL = 0.5
 _START_FAILURES_TO_BREAK = 3
 _ACTIVE = (WorkerState.STARTING, WorkerState.READY)
 _OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
@@ -118,6 +119,7 @@ class Dispatcher:
         self._sel.register(self._waker.fileno(), selectors.EVENT_READ, ("wake", None))
         self._workers: list[WorkerHandle] = []
         self._retry_flush: set[WorkerHandle] = set()
+        self._next_health = 0.0
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._closing = False
         self._deadline: float | None = None
@@ -196,6 +198,8 @@ class Dispatcher:
                 if handle in self._workers:
                     self._on_readable(handle, now)
             self._run_commands(now)
+            if now >= self._next_health:
+                self._check_health(now)
             self._check_timers(now)
             self._dispatch(now)
             for handle in list(self._retry_flush):
@@ -398,6 +402,16 @@ class Dispatcher:
         _log.info("killing worker to cancel its task", task_id=task.id, worker_pid=handle.pid)
         self._sup.kill(handle, now)
         handle.deadline = None
+
+    def _check_health(self, now: float) -> None:
+        self._next_health = now + _HEALTH_INTERVAL
+        for handle in self._workers:
+            if handle.state in _ACTIVE and handle.channel.lost():
+                # Alive but silent past the transport's heartbeat timeout: it
+                # cannot be trusted with its task. Kill it; reaping it then
+                # fails or retries the task as for any other death.
+                _log.warning("worker unreachable; killing it", worker_pid=handle.pid)
+                self._sup.signal(handle, signal.SIGKILL)
 
     def _check_timers(self, now: float) -> None:
         for handle in self._workers:

@@ -63,6 +63,14 @@ class ParentChannel(Protocol):
         """
         ...
 
+    def lost(self) -> bool:
+        """True if the transport found the worker unreachable though its process lives.
+
+        Heartbeating transports (ZeroMQ) report a silent peer here; the
+        dispatcher then kills the worker, which fails or retries its task.
+        """
+        ...
+
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
     ) -> None:

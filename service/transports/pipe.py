@@ -195,6 +195,9 @@ class _ParentPipeChannel:
     def pending(self) -> bool:
         return False
 
+    def lost(self) -> bool:
+        return False  # a pipe has no silent failure: its worker's sentinel tells
+
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
     ) -> None:

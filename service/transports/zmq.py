@@ -24,7 +24,11 @@ starts: a context must never cross a fork.
 ZeroMQ's descriptor is edge-triggered, so the channel reports ``pending()``
 input that arrived while the dispatcher was sending, and there is no
 separate write descriptor: a send that would block is retried by the
-dispatcher. A worker's death is seen through its process sentinel.
+dispatcher. A worker's death is seen through its process sentinel; a worker
+that is alive but silent (stopped, wedged in the kernel, unreachable) is
+found by ZMTP heartbeats both ways, which libzmq's I/O threads send and
+answer without the GIL: the dispatcher's socket monitor reports the
+disconnect, ``lost()`` says so, and the dispatcher kills and replaces it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from service.frames import Frame, Kind
 from service.transports.base import (
@@ -55,10 +60,21 @@ _MAX_MESSAGE = 1 << 34  # 16 GiB: local workers are trusted; it only bounds garb
 # Messages one recv() call takes before yielding to the other channels.
 _RECV_BUDGET = 256
 _POLL_MS = 1000
+HEARTBEAT_IVL_MS = 1000
+"""ZMTP heartbeats: each side pings the other this often (libzmq's I/O thread
+answers, so a worker busy in C code, holding the GIL, still answers)."""
+HEARTBEAT_TIMEOUT_MS = 3000
+"""A peer silent this long (stopped, wedged, unreachable) is disconnected."""
 WORKER_LINGER_MS = 5000
 """How long a worker's socket may take, at exit, to hand over its last frames."""
 
 Where = Literal["ipc", "tcp"]
+
+
+def _heartbeat(sock: zmq.Socket[bytes]) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
 
 
 def _decode(header: zmq.Frame) -> tuple[Kind, int]:
@@ -77,6 +93,7 @@ class _ParentZmqChannel:
     def __init__(self, sock: zmq.Socket[bytes], peer: bytes) -> None:
         self._sock = sock
         self._peer = peer
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._fd = int(sock.getsockopt(zmq.FD))
         self._out: collections.deque[list[bytes | memoryview]] = collections.deque()
         self._closed = False
@@ -91,6 +108,17 @@ class _ParentZmqChannel:
         if self._closed:
             return False
         return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+    def lost(self) -> bool:
+        if self._closed:
+            return False
+        gone = False
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return gone
+            gone = gone or event["event"] == zmq.EVENT_DISCONNECTED
 
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
@@ -138,6 +166,8 @@ class _ParentZmqChannel:
         if not self._closed:
             self._closed = True
             self._out.clear()
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
             self._sock.close(linger=0)
 
 
@@ -184,6 +214,7 @@ class _ZmqEndpoint:
         sock.setsockopt(zmq.SNDHWM, _HWM)
         sock.setsockopt(zmq.RCVHWM, _HWM)
         sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE)
+        _heartbeat(sock)
         sock.connect(self.address)
         return _WorkerZmqChannel(ctx, sock)
 
@@ -215,6 +246,7 @@ class ZmqTransport:
         sock.setsockopt(zmq.SNDHWM, _HWM)
         sock.setsockopt(zmq.RCVHWM, _HWM)
         sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE)
+        _heartbeat(sock)
         self._count += 1
         try:
             if self._where == "ipc":
