@@ -41,16 +41,9 @@ Run: ``python -m benchmarks.submit_flood --n 1000000 --workers 2 --json out.json
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -60,6 +53,15 @@ from typing import Any, NoReturn
 
 import psutil
 
+from benchmarks.common import (
+    MIB,
+    JSONDict,
+    emit_result,
+    fmt,
+    machine_line,
+    run_child,
+)
+from benchmarks.common import machine_info as _machine_info
 from benchmarks.contenders import CONTENDERS, PEERS, Counter, Skip
 
 RESULT_PREFIX = "SUBMIT_FLOOD_RESULT "
@@ -71,9 +73,8 @@ KILL_MARGIN = 20.0
 MAX_TIMELINE_POINTS = 200
 """RSS samples kept in the JSON per contender (evenly thinned)."""
 DEFAULT_PEERS = "pipework,cf,mp,loky,pebble,mpire"
-MIB = 1024 * 1024
-
-JSONDict = dict[str, Any]
+VERSIONS_OF = ("pipework", "loky", "pebble", "mpire", "psutil")
+"""Distributions whose versions the report names."""
 
 
 # -- measuring (in the child) ------------------------------------------------------------
@@ -175,10 +176,7 @@ class _Child:
     def emit(self, record: JSONDict, exitcode: int) -> NoReturn:
         """Print the one result line and leave at once (no atexit: a peer's hooks may hang)."""
         with self._emit_lock:
-            sys.stdout.write(RESULT_PREFIX + json.dumps(record) + "\n")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(exitcode)
+            emit_result(RESULT_PREFIX, record, exitcode)
 
     def watchdog(self) -> None:
         """Report a timeout, with progress so far, if the run is not over within the limit."""
@@ -251,16 +249,6 @@ def _run_one(name: str, n: int, workers: int, limit: float) -> NoReturn:
 # -- orchestrating (in the parent) -------------------------------------------------------
 
 
-def _project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
-
-
-def _kill_session(pid: int) -> None:
-    """Kill the child's whole session (its pool's workers, forkserver...) by process group id."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def run_contender(name: str, n: int, workers: int, limit: float) -> JSONDict:
     """Run one contender in a fresh child process and return its result record.
 
@@ -268,8 +256,7 @@ def run_contender(name: str, n: int, workers: int, limit: float) -> JSONDict:
     the child is killed (with its whole session) if its own watchdog has not
     reported by ``limit + KILL_MARGIN`` seconds.
     """
-    cmd = [
-        sys.executable,
+    args = [
         "-m",
         "benchmarks.submit_flood",
         "--one",
@@ -281,81 +268,27 @@ def run_contender(name: str, n: int, workers: int, limit: float) -> JSONDict:
         "--limit-seconds",
         str(limit),
     ]
-    # Files, not pipes: workers that inherit stdout would keep a pipe open past the child.
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=_project_root(),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
-        killed = False
-        try:
-            proc.wait(limit + KILL_MARGIN)
-        except subprocess.TimeoutExpired:
-            killed = True
-            _kill_session(proc.pid)
-            proc.wait()
-        _kill_session(proc.pid)  # stragglers the child left behind (it exits with os._exit)
-        wall = time.perf_counter() - started
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
-    record: JSONDict | None = None
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            record = json.loads(line[len(RESULT_PREFIX) :])
+    outcome = run_child(args, limit, result_prefix=RESULT_PREFIX, kill_margin=KILL_MARGIN)
+    record = outcome.record
     if record is None:
-        status = "timeout" if killed else "error"
+        status = "timeout" if outcome.killed else "error"
         why = (
-            f"killed after {wall:.0f} s with no report"
-            if killed
-            else f"child exited {proc.returncode} with no report"
+            f"killed after {outcome.wall_s:.0f} s with no report"
+            if outcome.killed
+            else f"child exited {outcome.returncode} with no report"
         )
         record = {"name": name, "status": status, "error": why, "n": n, "workers": workers}
     record["label"] = record.get("label") or CONTENDERS[name].label
-    record["wall_s"] = round(wall, 2)
-    record["exitcode"] = proc.returncode
+    record["wall_s"] = round(outcome.wall_s, 2)
+    record["exitcode"] = outcome.returncode
     if record["status"] != "ok":
-        record["stderr_tail"] = stderr[-4000:]
+        record["stderr_tail"] = outcome.stderr[-4000:]
     return record
 
 
 def machine_info() -> JSONDict:
     """Where and when the run happened."""
-    versions: dict[str, str | None] = {}
-    for dist in ("pipework", "loky", "pebble", "mpire", "psutil"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "cpu_model": _cpu_model(),
-        "memory_total_mib": round(psutil.virtual_memory().total / MIB),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
-        "versions": versions,
-    }
-
-
-def _cpu_model() -> str | None:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or None
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
+    return _machine_info(VERSIONS_OF)
 
 
 def render_table(results: Sequence[JSONDict], machine: JSONDict, n: int, workers: int) -> str:
@@ -374,15 +307,15 @@ def render_table(results: Sequence[JSONDict], machine: JSONDict, n: int, workers
     ]
     notes: list[str] = []
     for r in results:
-        start = _fmt(r.get("rss_start_mib"), ".1f")
-        peak = _fmt(r.get("rss_peak_mib"), ".1f")
-        growth = _fmt(r.get("rss_growth_mib"), ".1f")
+        start = fmt(r.get("rss_start_mib"), ".1f")
+        peak = fmt(r.get("rss_peak_mib"), ".1f")
+        growth = fmt(r.get("rss_growth_mib"), ".1f")
         method = r.get("start_method", "?")
         if r["status"] == "ok":
             rate = r["tasks_per_s"]
             rate_cell = f"{rate:,.0f}"
-            to_peer = _fmt(rate / best_peer if best_peer else None, ".2f")
-            to_raw = _fmt(rate / raw if raw else None, ".2f")
+            to_peer = fmt(rate / best_peer if best_peer else None, ".2f")
+            to_raw = fmt(rate / raw if raw else None, ".2f")
         else:
             done = r.get("completed")
             progress = f", {done:,}/{n:,} done" if done is not None else ""
@@ -400,15 +333,7 @@ def render_table(results: Sequence[JSONDict], machine: JSONDict, n: int, workers
     ]
     if notes:
         lines += ["", "Not measured:", *notes]
-    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
-    lines += [
-        "",
-        f"Machine: {machine['cpu_count']} CPUs ({machine['cpu_count_physical']} physical"
-        f"{', ' + machine['cpu_model'] if machine['cpu_model'] else ''}), "
-        f"{machine['memory_total_mib']:,} MiB RAM, {machine['python']}, {machine['platform']}; "
-        f"{versions}; {machine['date']}; 1-min load average {machine['loadavg_1m_at_start']} "
-        f"at start, {machine.get('loadavg_1m_at_end', '?')} at end",
-    ]
+    lines += ["", machine_line(machine)]
     return "\n".join(lines)
 
 

@@ -1,0 +1,211 @@
+"""Helpers shared by the benchmarks: bounded child runs, one-line reports, machine info.
+
+```
+ parent ──run_child(args, limit)──▶ child: python -m benchmarks.X --one ...
+   │                                  └─ emit_result(PREFIX, record) ──▶ stdout file, os._exit
+   ├─ waits limit + kill_margin, then kills the child's whole session
+   └─ ChildOutcome(record parsed from the last PREFIX line, killed?, wall time, stderr)
+```
+
+Every benchmark runs each contender in a fresh child process in its own
+session, so that a contender's memory is its own and a hanging peer (or its
+workers, or a fork server) can always be killed as a group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import psutil
+
+__all__ = [
+    "MIB",
+    "ChildOutcome",
+    "JSONDict",
+    "cpu_model",
+    "emit_result",
+    "fmt",
+    "git_state",
+    "kill_session",
+    "loadavg",
+    "machine_info",
+    "machine_line",
+    "project_root",
+    "run_child",
+]
+
+MIB = 1024 * 1024
+
+JSONDict = dict[str, Any]
+
+
+def project_root() -> Path:
+    """The repository root, where ``python -m benchmarks.X`` must run."""
+    return Path(__file__).resolve().parent.parent
+
+
+def kill_session(pid: int) -> None:
+    """Kill the child's whole session (its pool's workers, forkserver...) by process group id."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildOutcome:
+    """What a bounded child run left behind."""
+
+    record: JSONDict | None
+    """The last result line, parsed; None if the child printed none."""
+    killed: bool
+    """True if the parent had to kill the child at ``limit + kill_margin``."""
+    wall_s: float
+    returncode: int | None
+    stderr: str
+
+
+def run_child(
+    args: Sequence[str], limit: float, *, result_prefix: str, kill_margin: float
+) -> ChildOutcome:
+    """Run ``python <args>`` from the project root in a new session, bounded in time.
+
+    The child is expected to print one line starting with ``result_prefix``
+    followed by JSON (see ``emit_result``), and to enforce ``limit`` itself.
+    If it has not exited by ``limit + kill_margin`` seconds, its whole session
+    is killed. Never raises for the child's failure.
+    """
+    cmd = [sys.executable, *args]
+    # Files, not pipes: workers that inherit stdout would keep a pipe open past the child.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=project_root(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        killed = False
+        try:
+            proc.wait(limit + kill_margin)
+        except subprocess.TimeoutExpired:
+            killed = True
+            kill_session(proc.pid)
+            proc.wait()
+        kill_session(proc.pid)  # stragglers the child left behind (it exits with os._exit)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    record: JSONDict | None = None
+    for line in stdout.splitlines():
+        if line.startswith(result_prefix):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line[len(result_prefix) :])
+    return ChildOutcome(record, killed, wall, proc.returncode, stderr)
+
+
+def emit_result(result_prefix: str, record: JSONDict, exitcode: int) -> NoReturn:
+    """Print the child's one result line and leave at once.
+
+    ``os._exit``, not ``sys.exit``: no atexit hooks, which a peer's pool (or a
+    half-dead one) may hang in.
+    """
+    sys.stdout.write(result_prefix + json.dumps(record) + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exitcode)
+
+
+def git_state(paths: Sequence[str] = ("service", "protocol")) -> JSONDict:
+    """The commit measured, and the files under ``paths`` that differ from it (None: no git)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args],
+                cwd=project_root(),
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout
+
+    status = git("status", "--porcelain", "--", *paths)  # "XY path" lines: no strip()
+    commit = git("rev-parse", "--short", "HEAD")
+    return {
+        "commit": None if commit is None else commit.strip(),
+        "uncommitted": None if status is None else [line[3:] for line in status.splitlines()],
+    }
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info(dists: Sequence[str]) -> JSONDict:
+    """Where and when the run happened, with the versions of ``dists``."""
+    versions: dict[str, str | None] = {}
+    for dist in dists:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    load = loadavg()
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_count_physical": psutil.cpu_count(logical=False),
+        "cpu_model": cpu_model(),
+        "memory_total_mib": round(psutil.virtual_memory().total / MIB),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "loadavg_1m_at_start": load[0],
+        "loadavg_at_start": load,
+        "versions": versions,
+    }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name, if the platform tells."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or None
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """``format(value, spec)``, or an em dash for a missing value."""
+    return "—" if value is None else format(value, spec)
+
+
+def machine_line(machine: JSONDict) -> str:
+    """The ``Machine:`` line closing every report (``loadavg_1m_at_end`` set by the caller)."""
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    return (
+        f"Machine: {machine['cpu_count']} CPUs ({machine['cpu_count_physical']} physical"
+        f"{', ' + machine['cpu_model'] if machine['cpu_model'] else ''}), "
+        f"{machine['memory_total_mib']:,} MiB RAM, {machine['python']}, {machine['platform']}; "
+        f"{versions}; {machine['date']}; 1-min load average {machine['loadavg_1m_at_start']} "
+        f"at start, {machine.get('loadavg_1m_at_end', '?')} at end"
+    )
