@@ -42,7 +42,9 @@ __all__ = ["PipeTransport"]
 
 _HEADER = struct.Struct("<QBQH")
 _LENGTH = struct.Struct("<Q")
-_CHUNK = 256 * 1024
+# Small enough that os.read's buffer comes from the heap, not a fresh mmap per
+# call; bodies larger than this are read in place (see _FrameReader).
+_CHUNK = 64 * 1024
 # Bytes one recv() call may consume before yielding to the other channels.
 _RECV_BUDGET = 16 * 1024 * 1024
 _PIPE_SIZE = 1024 * 1024

@@ -3,7 +3,7 @@
 ```
  dispatcher                                   worker n
  ROUTER (bound, one per worker) <── ipc:// or tcp:// ──> DEALER (routing id b"w<n>")
-   [id, header, payload, *buffers] ──TASK──▶       [header, payload, *buffers]
+   [id, header+payload, *buffers] ──TASK──▶        [header+payload, *buffers]
    ◀── READY / RESULT / ERROR / RETIRE ──
 ```
 
@@ -56,6 +56,7 @@ __all__ = ["WORKER_LINGER_MS", "ZmqTransport"]
 _HEADER = struct.Struct("<BQ")
 _KINDS = frozenset(int(k) for k in Kind)
 _HWM = 1000
+_INLINE_MAX = 64 * 1024
 _MAX_MESSAGE = 1 << 34  # 16 GiB: local workers are trusted; it only bounds garbage
 # Messages one recv() call takes before yielding to the other channels.
 _RECV_BUDGET = 256
@@ -77,14 +78,33 @@ def _heartbeat(sock: zmq.Socket[bytes]) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
 
 
-def _decode(header: zmq.Frame) -> tuple[Kind, int]:
-    raw = header.bytes
-    if len(raw) != _HEADER.size:
-        raise TransportBroken(f"malformed frame: header of {len(raw)} bytes")
-    kind, task_id = _HEADER.unpack(raw)
+def _encode(
+    kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview]
+) -> list[bytes | memoryview]:
+    """Message parts: the header, with a small payload appended (one part less
+    to send and receive), or followed by a large one; then the buffers."""
+    header = _HEADER.pack(kind, task_id)
+    if 0 < len(payload) <= _INLINE_MAX:
+        return [header + payload, *buffers]
+    return [header, payload, *buffers]
+
+
+def _decode(parts: Sequence[zmq.Frame]) -> Frame:
+    if not parts:
+        raise TransportBroken("malformed message: no parts")
+    head = parts[0].buffer
+    if len(head) < _HEADER.size:
+        raise TransportBroken(f"malformed frame: header of {len(head)} bytes")
+    kind, task_id = _HEADER.unpack_from(head)
     if kind not in _KINDS:
         raise TransportBroken(f"malformed frame: unknown kind {kind}")
-    return Kind(kind), task_id
+    if len(head) > _HEADER.size:
+        payload, rest = head[_HEADER.size :], parts[1:]
+    elif len(parts) >= 2:
+        payload, rest = parts[1].buffer, parts[2:]
+    else:
+        raise TransportBroken("malformed message: payload part missing")
+    return Frame(Kind(kind), task_id, payload, tuple(part.buffer for part in rest))
 
 
 class _ParentZmqChannel:
@@ -125,7 +145,7 @@ class _ParentZmqChannel:
     ) -> None:
         if self._closed:
             raise TransportClosed("channel is closed")
-        self._out.append([self._peer, _HEADER.pack(kind, task_id), payload, *buffers])
+        self._out.append([self._peer, *_encode(kind, task_id, payload, buffers)])
 
     def flush(self) -> bool:
         if self._closed:
@@ -155,11 +175,9 @@ class _ParentZmqChannel:
                 break
             except zmq.ZMQError as exc:
                 raise TransportBroken("cannot receive from worker") from exc
-            if len(parts) < 3 or parts[0].bytes != self._peer:
-                raise TransportBroken(f"malformed message of {len(parts)} parts")
-            kind, task_id = _decode(parts[1])
-            buffers = tuple(part.buffer for part in parts[3:])
-            frames.append(Frame(kind, task_id, parts[2].buffer, buffers))
+            if parts[0].bytes != self._peer:
+                raise TransportBroken("message from an unknown peer")
+            frames.append(_decode(parts[1:]))
         return frames
 
     def close(self) -> None:
@@ -179,18 +197,20 @@ class _WorkerZmqChannel:
         self._sock = sock
 
     def recv(self) -> Frame:
-        while not self._sock.poll(_POLL_MS):
-            pass  # the watchdog thread ends the process if the dispatcher is gone
-        parts = self._sock.recv_multipart(copy=False)
-        if len(parts) < 2:
-            raise TransportBroken(f"malformed message of {len(parts)} parts")
-        kind, task_id = _decode(parts[0])
-        return Frame(kind, task_id, parts[1].buffer, tuple(part.buffer for part in parts[2:]))
+        while True:
+            try:
+                # RCVTIMEO bounds each wait; the watchdog thread ends the
+                # process if the dispatcher is gone.
+                parts = self._sock.recv_multipart(copy=False)
+                break
+            except zmq.Again:
+                continue
+        return _decode(parts)
 
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
     ) -> None:
-        self._sock.send_multipart([_HEADER.pack(kind, task_id), payload, *buffers], copy=False)
+        self._sock.send_multipart(_encode(kind, task_id, payload, buffers), copy=False)
 
     def hangup_fileno(self) -> int:
         return -1
@@ -214,6 +234,7 @@ class _ZmqEndpoint:
         sock.setsockopt(zmq.SNDHWM, _HWM)
         sock.setsockopt(zmq.RCVHWM, _HWM)
         sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE)
+        sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
         _heartbeat(sock)
         sock.connect(self.address)
         return _WorkerZmqChannel(ctx, sock)
