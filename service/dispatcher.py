@@ -375,8 +375,7 @@ class Dispatcher:
         for fd in (handle.channel.fileno(), handle.channel.write_fileno(), handle.process.sentinel):
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(fd)
-        self._sup.release(handle.channel)
-        handle.process.close()
+        self._sup.forget(handle)
 
     # -- commands, timers, dispatch -------------------------------------------------
 

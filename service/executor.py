@@ -37,14 +37,14 @@ from service.errors import BrokenService, PipeworkError, SerializationError, Ser
 from service.futures import TaskFuture
 from service.ledger import Ledger, Task
 from service.supervisor import StartMethod, Supervisor, default_start_method
-from service.transports import get_transport
+from service.transports import Transport, get_transport
 from service.worker import call_chunk, type_name
 
 __all__ = ["DEFAULT_MAX_PENDING", "EXIT_GRACE", "TaskOptions", "WorkerService"]
 
 T = TypeVar("T")
 
-TransportName = Literal["pipe"]
+TransportName = Literal["pipe", "queue", "zmq", "zmq+tcp"]
 
 DEFAULT_MAX_PENDING = 100_000
 """Default bound on accepted but unfinished tasks. Past it, ``submit`` blocks."""
@@ -154,7 +154,12 @@ class WorkerService(Executor):
 
     Args:
         max_workers: worker processes to keep running (default: CPU count).
-        transport: how tasks reach workers; ``"pipe"`` (two OS pipes per worker).
+        transport: how tasks reach workers: ``"pipe"`` (two OS pipes per
+            worker), ``"queue"`` (two ``multiprocessing.Queue`` per worker),
+            ``"zmq"`` (ZeroMQ over ``ipc://``), ``"zmq+tcp"`` (over
+            ``tcp://127.0.0.1``), or a transport instance such as
+            ``ZmqTransport(heartbeat_timeout=...)``, which then belongs to
+            this service alone.
         start_method: ``"forkserver"`` (default where available), ``"spawn"``
             or ``"fork"``.
         initializer: called as ``initializer(*initargs)`` in each worker
@@ -188,7 +193,7 @@ class WorkerService(Executor):
         self,
         max_workers: int | None = None,
         *,
-        transport: TransportName = "pipe",
+        transport: TransportName | Transport = "pipe",
         start_method: StartMethod | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),

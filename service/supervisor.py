@@ -9,9 +9,10 @@
 Kills are addressed to a worker *and* a task: a timeout or a cancel only
 kills if that task is still the one the worker runs (the deadline lives on
 the worker and is re-armed whenever its head task changes),
-and a signal is only ever sent to a process that has not been reaped, so it
-can never reach a recycled pid. Timeouts escalate from SIGTERM to SIGKILL
-after ``KILL_GRACE``, so a task that ignores SIGTERM or spins in C still stops.
+and signals go through a pidfd opened at start (or, without pidfds, only to
+a child not yet reaped), so they can never reach a process that reused a
+worker's pid. Timeouts escalate from SIGTERM to SIGKILL after
+``KILL_GRACE``, so a task that ignores SIGTERM or spins in C still stops.
 """
 
 from __future__ import annotations
@@ -63,11 +64,22 @@ class WorkerState(enum.Enum):
 class WorkerHandle:
     """One worker process, its channel, and the tasks it holds (head = running)."""
 
-    __slots__ = ("channel", "deadline", "kill_at", "pid", "process", "state", "tasks", "writing")
+    __slots__ = (
+        "channel",
+        "deadline",
+        "kill_at",
+        "pid",
+        "pidfd",
+        "process",
+        "state",
+        "tasks",
+        "writing",
+    )
 
     def __init__(self, process: BaseProcess, channel: ParentChannel) -> None:
         self.process = process
         self.pid: int | None = process.pid
+        self.pidfd: int | None = None
         self.channel = channel
         self.state = WorkerState.STARTING
         self.tasks: collections.deque[Task] = collections.deque()
@@ -143,7 +155,15 @@ class Supervisor:
             self.release(channel)
             raise
         self.transport.started(endpoint)
-        return WorkerHandle(process, channel)
+        handle = WorkerHandle(process, channel)
+        try:
+            handle.pidfd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3, or it already died
+            pass
+        else:
+            with _parent_fds_lock:
+                _parent_fds.add(handle.pidfd)
+        return handle
 
     def release(self, channel: ParentChannel) -> None:
         """Close a dead worker's channel."""
@@ -153,13 +173,30 @@ class Supervisor:
 
     @staticmethod
     def signal(handle: WorkerHandle, sig: signal.Signals) -> None:
-        """Send ``sig`` to the worker unless it has already been reaped."""
+        """Send ``sig`` to the worker, and never to a process that reused its pid."""
+        if handle.pidfd is not None:
+            # A pidfd names the process itself: once it is gone, this fails
+            # instead of reaching whoever got its pid (with forkserver the
+            # fork server reaps workers at once, so "unreaped" guarantees nothing).
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(handle.pidfd, sig)
+            return
         popen = handle.process._popen  # type: ignore[attr-defined]
         # Popen only signals while returncode is None, i.e. before waitpid
-        # reaped the child; an unreaped child's pid cannot be reused.
+        # reaped the child (our child: its pid cannot be reused until then).
         if popen is not None and popen.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(popen.pid, sig)
+
+    def forget(self, handle: WorkerHandle) -> None:
+        """Release a reaped worker's channel and process handles."""
+        self.release(handle.channel)
+        if handle.pidfd is not None:
+            with _parent_fds_lock:
+                _parent_fds.discard(handle.pidfd)
+            os.close(handle.pidfd)
+            handle.pidfd = None
+        handle.process.close()
 
     def kill(self, handle: WorkerHandle, now: float, grace: float = KILL_GRACE) -> None:
         """SIGTERM the worker now and SIGKILL it after ``grace`` unless it is gone."""

@@ -10,13 +10,17 @@ from pathlib import Path
 import pytest
 
 from service import WorkerLost, WorkerService
-from service.transports.zmq import HEARTBEAT_TIMEOUT_MS
+from service.transports.zmq import ZmqTransport
 from tests import tasks
 from tests.conftest import wait_for, wait_gone
 
-HEARTBEAT_TIMEOUT = HEARTBEAT_TIMEOUT_MS / 1000
+HEARTBEAT_TIMEOUT = 2.0
 
-pytestmark = pytest.mark.parametrize("transport", ["zmq", "zmq+tcp"])
+
+@pytest.fixture(params=["ipc", "tcp"], ids=lambda w: f"transport=zmq-{w}")
+def transport(request: pytest.FixtureRequest) -> ZmqTransport:
+    """A zmq transport with a short heartbeat, so a silent worker is found quickly."""
+    return ZmqTransport(request.param, heartbeat_timeout=HEARTBEAT_TIMEOUT)
 
 
 def test_stopped_worker_is_declared_lost_and_replaced(make_pool, tmp_path: Path) -> None:

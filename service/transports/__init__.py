@@ -26,7 +26,7 @@ __all__ = [
 def get_transport(spec: str | Transport) -> Transport:
     """Return the transport named by ``spec``, or ``spec`` itself if it is one.
 
-    Names: ``"pipe"``, ``"zmq"`` (``ipc://``), ``"zmq+tcp"`` (``tcp://`` on loopback).
+    Names: ``"pipe"``, ``"queue"``, ``"zmq"`` (``ipc://``), ``"zmq+tcp"`` (``tcp://`` on loopback).
 
     Raises:
         ValueError: no transport has that name.
@@ -37,6 +37,10 @@ def get_transport(spec: str | Transport) -> Transport:
         from service.transports.pipe import PipeTransport  # noqa: PLC0415
 
         return PipeTransport()
+    if spec == "queue":
+        from service.transports.queue import QueueTransport  # noqa: PLC0415
+
+        return QueueTransport()
     if spec in ("zmq", "zmq+tcp"):
         # Imported here so that pyzmq loads only for the pools that use it.
         from service.transports.zmq import ZmqTransport  # noqa: PLC0415
@@ -45,5 +49,5 @@ def get_transport(spec: str | Transport) -> Transport:
     raise ValueError(f"unknown transport {spec!r}; expected one of {', '.join(NAMES)}")
 
 
-NAMES = ("pipe", "zmq", "zmq+tcp")
+NAMES = ("pipe", "queue", "zmq", "zmq+tcp")
 """The transports ``WorkerService(transport=...)`` accepts by name."""

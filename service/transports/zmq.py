@@ -51,7 +51,7 @@ from service.transports.base import (
     WorkerEndpoint,
 )
 
-__all__ = ["WORKER_LINGER_MS", "ZmqTransport"]
+__all__ = ["HEARTBEAT_TIMEOUT", "WORKER_LINGER_MS", "ZmqTransport"]
 
 _HEADER = struct.Struct("<BQ")
 _KINDS = frozenset(int(k) for k in Kind)
@@ -61,21 +61,28 @@ _MAX_MESSAGE = 1 << 34  # 16 GiB: local workers are trusted; it only bounds garb
 # Messages one recv() call takes before yielding to the other channels.
 _RECV_BUDGET = 256
 _POLL_MS = 1000
-HEARTBEAT_IVL_MS = 1000
-"""ZMTP heartbeats: each side pings the other this often (libzmq's I/O thread
-answers, so a worker busy in C code, holding the GIL, still answers)."""
-HEARTBEAT_TIMEOUT_MS = 3000
-"""A peer silent this long (stopped, wedged, unreachable) is disconnected."""
+HEARTBEAT_TIMEOUT = 10.0
+"""Default seconds of silence after which a worker is declared unreachable.
+
+ZMTP heartbeats are sent and answered by libzmq's I/O threads, without the
+GIL, so a worker busy in C code still answers. A stopped or wedged one does
+not, and is killed (its task fails or is retried) once this passes. It is
+well above a blink of the whole program: a pause (Ctrl-Z, a VM stall) also
+stops the dispatcher's own heartbeats, and one longer than this makes every
+worker look silent at once, so their tasks are treated as lost."""
+
+
 WORKER_LINGER_MS = 5000
 """How long a worker's socket may take, at exit, to hand over its last frames."""
 
 Where = Literal["ipc", "tcp"]
 
 
-def _heartbeat(sock: zmq.Socket[bytes]) -> None:
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+def _heartbeat(sock: zmq.Socket[bytes], timeout: float) -> None:
+    timeout_ms = max(1, int(timeout * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, timeout_ms // 4))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
 
 
 def _encode(
@@ -223,9 +230,10 @@ class _WorkerZmqChannel:
 class _ZmqEndpoint:
     """Where a worker connects, and the routing id it takes."""
 
-    def __init__(self, address: str, routing_id: bytes) -> None:
+    def __init__(self, address: str, routing_id: bytes, heartbeat_timeout: float) -> None:
         self.address = address
         self.routing_id = routing_id
+        self.heartbeat_timeout = heartbeat_timeout
 
     def open(self) -> _WorkerZmqChannel:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -235,7 +243,7 @@ class _ZmqEndpoint:
         sock.setsockopt(zmq.RCVHWM, _HWM)
         sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE)
         sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
-        _heartbeat(sock)
+        _heartbeat(sock, self.heartbeat_timeout)
         sock.connect(self.address)
         return _WorkerZmqChannel(ctx, sock)
 
@@ -245,10 +253,20 @@ class ZmqTransport:
 
     name = "zmq"
 
-    def __init__(self, where: Where = "ipc") -> None:
+    def __init__(
+        self, where: Where = "ipc", *, heartbeat_timeout: float = HEARTBEAT_TIMEOUT
+    ) -> None:
+        """Args:
+        where: ``"ipc"`` (sockets in a private 0700 directory) or ``"tcp"`` (loopback).
+        heartbeat_timeout: seconds of silence after which a live worker is
+            declared unreachable, killed and replaced.
+        """
         if where not in ("ipc", "tcp"):
             raise ValueError(f"zmq transport needs 'ipc' or 'tcp', not {where!r}")
+        if not heartbeat_timeout > 0:
+            raise ValueError(f"heartbeat_timeout must be > 0, got {heartbeat_timeout!r}")
         self._where = where
+        self._heartbeat_timeout = heartbeat_timeout
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._dir: str | None = None
         self._count = 0
@@ -267,7 +285,7 @@ class ZmqTransport:
         sock.setsockopt(zmq.SNDHWM, _HWM)
         sock.setsockopt(zmq.RCVHWM, _HWM)
         sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE)
-        _heartbeat(sock)
+        _heartbeat(sock, self._heartbeat_timeout)
         self._count += 1
         try:
             if self._where == "ipc":
@@ -279,7 +297,8 @@ class ZmqTransport:
             sock.close(linger=0)
             raise
         peer = b"w%d" % self._count
-        return _ParentZmqChannel(sock, peer), _ZmqEndpoint(address, peer)
+        endpoint = _ZmqEndpoint(address, peer, self._heartbeat_timeout)
+        return _ParentZmqChannel(sock, peer), endpoint
 
     def started(self, endpoint: WorkerEndpoint) -> None:
         pass
