@@ -21,7 +21,7 @@ import pytest
 
 from service import WorkerService
 
-TRANSPORTS = ["pipe", "zmq"]
+TRANSPORTS = ["pipe", "queue", "zmq"]
 
 
 @pytest.fixture(params=TRANSPORTS, ids=lambda t: f"transport={t}")
