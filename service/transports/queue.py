@@ -39,7 +39,10 @@ wrote, as it does from a pipe. ``close()`` also stops the reader, through
 a stop pipe it polls beside the result pipe; the reader closes its own
 descriptors as it exits (closing a descriptor another thread still reads
 would let its number be reused under that read), and ``QueueTransport.close()``
-waits, with a bound, for every reader and feeder thread to be gone.
+waits, with a bound, for every reader and feeder thread to be gone. (A process
+the worker forked without closing its descriptors keeps the result pipe's
+writer open after the worker dies: its reader then sees no end of file, so
+``recv()`` does not wait for it and ``close()`` is what ends it.)
 
 The worker's end: ``get()`` on its task queue blocks, which is fine in a
 worker (the dispatcher's death closes the task pipe: ``get()`` fails and
@@ -108,11 +111,11 @@ _KINDS = frozenset(int(k) for k in Kind)
 # those of a fork context cannot cross to spawn or forkserver.
 _CTX = multiprocessing.get_context("spawn")
 
-Envelope = tuple[int, int, bytes, tuple[bytes, ...]]
+_Envelope = tuple[int, int, bytes, tuple[bytes, ...]]
 """A frame as a queue carries it: ``(kind, task_id, payload, buffers)``."""
 
 if TYPE_CHECKING:
-    _QueueBase = multiprocessing.queues.Queue[Envelope]
+    _QueueBase = multiprocessing.queues.Queue[_Envelope]
 else:  # not subscriptable at run time before Python 3.12
     _QueueBase = multiprocessing.queues.Queue
 
@@ -152,7 +155,7 @@ def _grow_pipe(conn: Connection[Any, Any]) -> None:
         fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
-def _envelope(kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview]) -> Envelope:
+def _envelope(kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview]) -> _Envelope:
     # bytes(): the feeder thread pickles later, and a memoryview cannot be pickled.
     return int(kind), task_id, bytes(payload), tuple(bytes(b) for b in buffers)
 
