@@ -113,7 +113,26 @@ class Contender(Protocol):
         """Shut the pool down, waiting for its workers."""
 
 
-class _Pipework:
+class _Executor:
+    """A ``concurrent.futures.Executor`` contender: subclasses build ``_pool`` in ``open``."""
+
+    _pool: Any
+
+    def warm_up(self) -> None:
+        self._pool.submit(tasks.inc, 0).result()
+
+    def flood(self, n: int, counter: Counter) -> None:
+        submit = self._pool.submit
+        fn = tasks.inc
+        callback = counter.future_done
+        for i in range(n):
+            submit(fn, i).add_done_callback(callback)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class _Pipework(_Executor):
     """pipework ``WorkerService`` on forkserver."""
 
     start_method = "forkserver"
@@ -135,21 +154,8 @@ class _Pipework:
                 workers, start_method="forkserver", max_pending=self._max_pending
             )
 
-    def warm_up(self) -> None:
-        self._pool.submit(tasks.inc, 0).result()
 
-    def flood(self, n: int, counter: Counter) -> None:
-        submit = self._pool.submit
-        fn = tasks.inc
-        callback = counter.future_done
-        for i in range(n):
-            submit(fn, i).add_done_callback(callback)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
-class _ConcurrentFutures:
+class _ConcurrentFutures(_Executor):
     """``concurrent.futures.ProcessPoolExecutor`` on forkserver."""
 
     start_method = "forkserver"
@@ -164,19 +170,6 @@ class _ConcurrentFutures:
         self._pool = ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("forkserver")
         )
-
-    def warm_up(self) -> None:
-        self._pool.submit(tasks.inc, 0).result()
-
-    def flood(self, n: int, counter: Counter) -> None:
-        submit = self._pool.submit
-        fn = tasks.inc
-        callback = counter.future_done
-        for i in range(n):
-            submit(fn, i).add_done_callback(callback)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 class _MultiprocessingPool:
@@ -206,7 +199,7 @@ class _MultiprocessingPool:
         self._pool.join()
 
 
-class _Loky:
+class _Loky(_Executor):
     """``loky.ProcessPoolExecutor`` with loky's default context."""
 
     start_method = "loky (default)"
@@ -220,19 +213,6 @@ class _Loky:
 
         self._pool = loky.ProcessPoolExecutor(max_workers=workers)
         self.start_method = f"{self._pool._context.get_start_method()} (default)"
-
-    def warm_up(self) -> None:
-        self._pool.submit(tasks.inc, 0).result()
-
-    def flood(self, n: int, counter: Counter) -> None:
-        submit = self._pool.submit
-        fn = tasks.inc
-        callback = counter.future_done
-        for i in range(n):
-            submit(fn, i).add_done_callback(callback)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 class _Pebble:
