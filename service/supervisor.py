@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal
@@ -51,6 +52,12 @@ _parent_fds: set[int] = set()
 _parent_fds_lock = threading.Lock()
 
 
+def _close_parent_fd(fd: int) -> None:
+    with _parent_fds_lock:
+        _parent_fds.discard(fd)
+    os.close(fd)
+
+
 class WorkerState(enum.Enum):
     """What a worker is doing, from the dispatcher's view."""
 
@@ -68,6 +75,7 @@ class WorkerHandle:
         "channel",
         "deadline",
         "kill_at",
+        "lifeline",
         "pid",
         "pidfd",
         "process",
@@ -80,6 +88,7 @@ class WorkerHandle:
         self.process = process
         self.pid: int | None = process.pid
         self.pidfd: int | None = None
+        self.lifeline: int | None = None
         self.channel = channel
         self.state = WorkerState.STARTING
         self.tasks: collections.deque[Task] = collections.deque()
@@ -130,7 +139,14 @@ class Supervisor:
     def spawn(self) -> WorkerHandle:
         """Start one worker; it announces READY (or INIT_FAILED) on its channel."""
         channel, endpoint = self.transport.pair()
-        own_fds = self.transport.inheritable_fds(channel)
+        # The lifeline's write end lives only here: it hangs up in the worker
+        # when this process dies, whatever the transport. (Under forkserver
+        # the worker's parent is the fork server, which every worker keeps
+        # alive by holding its "alive" pipe, so the parent-death signal and a
+        # ppid check alone would never fire.)
+        lifeline_r, lifeline_w = os.pipe()
+        lifeline = Connection(lifeline_r, writable=False)
+        own_fds = [*self.transport.inheritable_fds(channel), lifeline_w]
         with _parent_fds_lock:
             _parent_fds.update(own_fds)
             close_fds = tuple(_parent_fds) if self.start_method == "fork" else ()
@@ -144,7 +160,7 @@ class Supervisor:
         )
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(endpoint, config),
+            args=(endpoint, config, lifeline),
             name=f"pipework-worker-{next(self._names)}",
             daemon=False,
         )
@@ -153,9 +169,13 @@ class Supervisor:
         except BaseException:
             self.transport.started(endpoint)
             self.release(channel)
+            _close_parent_fd(lifeline_w)
             raise
+        finally:
+            lifeline.close()  # the worker has its own copy now
         self.transport.started(endpoint)
         handle = WorkerHandle(process, channel)
+        handle.lifeline = lifeline_w
         try:
             handle.pidfd = os.pidfd_open(process.pid)
         except (AttributeError, OSError):  # not Linux >= 5.3, or it already died
@@ -191,11 +211,10 @@ class Supervisor:
     def forget(self, handle: WorkerHandle) -> None:
         """Release a reaped worker's channel and process handles."""
         self.release(handle.channel)
-        if handle.pidfd is not None:
-            with _parent_fds_lock:
-                _parent_fds.discard(handle.pidfd)
-            os.close(handle.pidfd)
-            handle.pidfd = None
+        for fd in (handle.pidfd, handle.lifeline):
+            if fd is not None:
+                _close_parent_fd(fd)
+        handle.pidfd = handle.lifeline = None
         handle.process.close()
 
     def kill(self, handle: WorkerHandle, now: float, grace: float = KILL_GRACE) -> None:

@@ -27,6 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from service import pickling
@@ -136,14 +137,14 @@ def _over_limits(done: int, config: WorkerConfig, rss: Callable[[], int] | None)
     return rss is not None and config.max_memory is not None and rss() > config.max_memory
 
 
-def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig) -> None:
+def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig, lifeline: Connection) -> None:
     """Serve tasks from ``endpoint`` until told to stop, a limit is hit, or the parent dies."""
     for fd in config.close_fds:  # fork start: siblings' channel ends, see Supervisor
         with contextlib.suppress(OSError):
             os.close(fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel: WorkerChannel = endpoint.open()
-    _die_with_parent(config, channel.hangup_fileno())
+    _die_with_parent(config, lifeline.fileno())
     rss: Callable[[], int] | None = None
     if config.max_memory is not None:
         import psutil  # noqa: PLC0415  (only workers with a memory limit pay for it)

@@ -25,7 +25,7 @@ PARENT = textwrap.dedent(
     from tests import tasks
 
     if __name__ == "__main__":
-        pool = WorkerService(2, start_method=sys.argv[1])
+        pool = WorkerService(2, start_method=sys.argv[1], transport=sys.argv[3])
         marks = [Path(sys.argv[2]) / "a", Path(sys.argv[2]) / "b"]
         busy = [
             pool.submit(tasks.touch_then, str(marks[0]), "sleep_forever"),
@@ -47,11 +47,15 @@ PARENT = textwrap.dedent(
 
 @pytest.mark.parametrize("start_method", ["forkserver", "spawn", "fork"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_workers_die_with_their_parent(tmp_path: Path, start_method: str, sig: int) -> None:
+def test_workers_die_with_their_parent(
+    tmp_path: Path, transport: str, start_method: str, sig: int
+) -> None:
+    # Per transport too: each has its own hang-up path to the watchdog (a
+    # queue's pipe hangs up only if no process but the parent holds its writer).
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), start_method, str(tmp_path)],
+        [sys.executable, str(script), start_method, str(tmp_path), transport],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,

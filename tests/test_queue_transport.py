@@ -16,9 +16,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -218,58 +215,6 @@ def test_out_of_band_buffers_arrive_intact(
     assert again[:2] == mixed[:2]
     assert np.array_equal(again[2][0], ints)
     assert again[2][1] == "tail"
-
-
-# -- no orphans -----------------------------------------------------------------------
-
-PARENT = textwrap.dedent(
-    """
-    import multiprocessing.forkserver, sys, time
-    from service import WorkerService
-    from tests import tasks
-
-    if __name__ == "__main__":
-        pool = WorkerService(2, transport="queue", start_method=sys.argv[1])
-        futures = [pool.submit(tasks.pid_of_worker) for _ in range(20)]
-        assert all(f.result(timeout=30) for f in futures)
-        busy = [pool.submit(tasks.sleep_forever) for _ in range(2)]
-        time.sleep(0.2)
-        pids = pool.worker_pids()
-        server = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
-        if server:
-            pids.append(server)
-        print(" ".join(map(str, pids)), flush=True)
-        time.sleep(600)
-    """
-)
-
-
-@pytest.mark.parametrize("start_method", START_METHODS)
-def test_workers_die_with_their_parent(tmp_path: Path, start_method: str) -> None:
-    # The worker's watchdog polls its task queue's pipe, which hangs up when
-    # the parent dies only if no process but the parent holds its writer.
-    script = tmp_path / "parent.py"
-    script.write_text(PARENT)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), start_method],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        assert proc.stdout is not None
-        pids = [int(p) for p in proc.stdout.readline().split()]
-        assert len(pids) >= 2, pids
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        assert wait_gone(pids, 2.0) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 # -- the private parts of multiprocessing.Queue this transport uses ---------------------
