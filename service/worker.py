@@ -9,8 +9,9 @@
 A worker runs one task at a time. It turns every outcome into a frame, so
 an exception or a result that cannot be pickled fails that task only. It
 ignores SIGINT (Ctrl-C is the parent's to handle) and dies with its parent:
-the kernel's parent-death signal, plus a watchdog thread that sees the task
-pipe hang up or the parent change, so no worker outlives its dispatcher.
+the kernel's parent-death signal, plus a watchdog thread that sees its
+lifeline pipe (whose write end only the dispatcher holds) hang up or its
+parent change, so no worker outlives its dispatcher.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import select
 import signal
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -101,7 +101,7 @@ def _run(payload: Payload, buffers: tuple[Payload, ...]) -> tuple[Kind, bytes, l
     return Kind.RESULT, result, out_of_band
 
 
-def _die_with_parent(config: WorkerConfig, hangup_fd: int) -> None:
+def _die_with_parent(config: WorkerConfig, lifeline: int) -> None:
     # The kernel signal covers a worker stuck in C code holding the GIL; the
     # watchdog covers forkserver, where the parent is the fork server.
     if sys.platform.startswith("linux"):
@@ -112,22 +112,16 @@ def _die_with_parent(config: WorkerConfig, hangup_fd: int) -> None:
     if ppid == 1 or (config.parent_pid and ppid != config.parent_pid):
         os._exit(ORPHAN_EXITCODE)  # the parent died before prctl took effect
     watchdog = threading.Thread(
-        target=_watch_parent, args=(hangup_fd, ppid), name="pipework-watchdog", daemon=True
+        target=_watch_parent, args=(lifeline, ppid), name="pipework-watchdog", daemon=True
     )
     watchdog.start()
 
 
-def _watch_parent(fd: int, ppid: int) -> None:
+def _watch_parent(lifeline: int, ppid: int) -> None:
     poller = select.poll()
-    if fd >= 0:
-        poller.register(fd, 0)  # POLLHUP and POLLERR are always reported
+    poller.register(lifeline, 0)  # POLLHUP and POLLERR are always reported
     while True:
-        if fd >= 0:
-            hung_up = bool(poller.poll(_WATCH_INTERVAL_MS))
-        else:
-            time.sleep(_WATCH_INTERVAL_MS / 1000)
-            hung_up = False
-        if hung_up or os.getppid() != ppid:
+        if poller.poll(_WATCH_INTERVAL_MS) or os.getppid() != ppid:
             os._exit(ORPHAN_EXITCODE)
 
 

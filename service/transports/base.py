@@ -120,10 +120,6 @@ class WorkerChannel(Protocol):
         """
         ...
 
-    def hangup_fileno(self) -> int:
-        """A descriptor that reports POLLHUP once the dispatcher's end is closed, or -1."""
-        ...
-
     def close(self) -> None:
         """Deliver what was sent, then release the channel (the worker is exiting)."""
         ...

@@ -282,9 +282,6 @@ class _WorkerPipeChannel:
         except OSError as exc:
             raise TransportBroken("dispatcher closed the result pipe") from exc
 
-    def hangup_fileno(self) -> int:
-        return self._rfd
-
     def close(self) -> None:
         os.close(self._rfd)
         os.close(self._wfd)

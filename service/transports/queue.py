@@ -45,8 +45,8 @@ writer open after the worker dies: its reader then sees no end of file, so
 ``recv()`` does not wait for it and ``close()`` is what ends it.)
 
 The worker's end: ``get()`` on its task queue blocks, which is fine in a
-worker (the dispatcher's death closes the task pipe: ``get()`` fails and
-``hangup_fileno()`` reports POLLHUP to the watchdog). ``put()`` on the
+worker (the dispatcher's death closes the task pipe, so ``get()`` fails; the
+watchdog learns of it from the worker's lifeline, see ``service.supervisor``). ``put()`` on the
 result queue returns at once; its feeder thread writes in the background,
 so the worker's ``close()`` flushes it (``Queue.close()``, then a join of
 the feeder bounded by ``WORKER_LINGER``) before the worker exits.
@@ -379,11 +379,6 @@ class _WorkerQueueChannel:
         # Never fails: the feeder thread writes later. A dispatcher that is
         # gone is noticed by recv() and by the watchdog.
         self._results.put(_envelope(kind, task_id, payload, buffers))
-
-    def hangup_fileno(self) -> int:
-        # The task pipe's reader: the worker closed its copy of the writer in
-        # open(), so it hangs up when the dispatcher's copy closes.
-        return _internals(self._tasks).reader.fileno()
 
     def close(self) -> None:
         self._results.close()

@@ -219,9 +219,6 @@ class _WorkerZmqChannel:
     ) -> None:
         self._sock.send_multipart(_encode(kind, task_id, payload, buffers), copy=False)
 
-    def hangup_fileno(self) -> int:
-        return -1
-
     def close(self) -> None:
         self._sock.close(linger=WORKER_LINGER_MS)
         self._ctx.term()
