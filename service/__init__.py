@@ -30,6 +30,7 @@ from service.errors import (
 if TYPE_CHECKING:
     from service.executor import DEFAULT_MAX_PENDING, EXIT_GRACE, TaskOptions, WorkerService
     from service.futures import TaskFuture
+    from service.registry import TaskRegistryError, task
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -42,9 +43,11 @@ __all__ = [
     "ServiceClosed",
     "TaskFuture",
     "TaskOptions",
+    "TaskRegistryError",
     "TaskTimeout",
     "WorkerLost",
     "WorkerService",
+    "task",
 ]
 
 # Imported on first use, so a worker process (which imports service.worker)
@@ -55,6 +58,8 @@ _LAZY = {
     "TaskOptions": "service.executor",
     "WorkerService": "service.executor",
     "TaskFuture": "service.futures",
+    "TaskRegistryError": "service.registry",
+    "task": "service.registry",
 }
 
 
