@@ -142,6 +142,11 @@ class Dispatcher:
         self._commands.put(("cancel", task))
         self._waker.wake()
 
+    def restart_workers(self) -> None:
+        """Replace every current worker once it is idle (a rolling restart)."""
+        self._commands.put(("recycle", None))
+        self._waker.wake()
+
     def shutdown(self, deadline: float | None) -> None:
         """Finish the queue, stop the workers, and kill what still runs at ``deadline``."""
         self._commands.put(("shutdown", deadline))
@@ -155,6 +160,18 @@ class Dispatcher:
     def pids(self) -> list[int]:
         """Process ids of the current workers (a snapshot)."""
         return [pid for pid in (w.pid for w in list(self._workers)) if pid is not None]
+
+    def running(self) -> dict[int, int]:
+        """Worker pid -> id of the task it runs, for busy workers (a snapshot)."""
+        out: dict[int, int] = {}
+        for handle in list(self._workers):
+            try:
+                head = handle.tasks[0]
+            except IndexError:  # idle, or it finished while we looked
+                continue
+            if handle.pid is not None and handle.state is not WorkerState.KILLING:
+                out[handle.pid] = head.id
+        return out
 
     # -- the loop -----------------------------------------------------------------
 
@@ -387,6 +404,9 @@ class Dispatcher:
                 return
             if command == "cancel":
                 self._kill_task(arg, now)
+            elif command == "recycle":
+                for handle in self._workers:
+                    handle.recycle = handle.state in _ACTIVE
             elif command == "shutdown":
                 self._closing = True
                 self._deadline = arg
@@ -437,6 +457,9 @@ class Dispatcher:
         for handle in self._workers:
             if handle.state is not WorkerState.READY or handle.tasks:
                 continue
+            if handle.recycle:
+                self._stop(handle, now)
+                continue
             task = self._next_task()
             if task is None:
                 return
@@ -486,10 +509,14 @@ class Dispatcher:
             return
         for handle in self._workers:
             if not handle.tasks and handle.state in _ACTIVE:
-                handle.channel.send(Kind.STOP, 0, b"")
-                self._flush(handle)
-                handle.state = WorkerState.STOPPING
-                handle.kill_at = now + STOP_GRACE
+                self._stop(handle, now)
+
+    def _stop(self, handle: WorkerHandle, now: float) -> None:
+        """Ask an idle worker to exit; ``_ensure_workers`` replaces it unless closing."""
+        handle.channel.send(Kind.STOP, 0, b"")
+        self._flush(handle)
+        handle.state = WorkerState.STOPPING
+        handle.kill_at = now + STOP_GRACE
 
     def _fail(self, task: Task, exc: PipeworkError) -> None:
         task.state = TaskState.FAILED

@@ -393,6 +393,18 @@ class WorkerService(Executor):
         """Process ids of the current workers (a snapshot; they change as workers are replaced)."""
         return self._dispatcher.pids()
 
+    def running_tasks(self) -> dict[int, int]:
+        """Which task each busy worker runs: worker pid -> ``TaskFuture.task_id`` (a snapshot)."""
+        return self._dispatcher.running()
+
+    def restart_workers(self) -> None:
+        """Replace every worker, each once its current task is done (a rolling restart).
+
+        Nothing is cancelled or lost: busy workers finish their task first,
+        and replacements start as the old workers stop. Returns at once.
+        """
+        self._dispatcher.restart_workers()
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks and release the workers once the queue is done.
 

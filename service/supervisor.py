@@ -79,6 +79,7 @@ class WorkerHandle:
         "pid",
         "pidfd",
         "process",
+        "recycle",
         "state",
         "tasks",
         "writing",
@@ -95,6 +96,7 @@ class WorkerHandle:
         self.kill_at: float | None = None
         self.deadline: float | None = None
         self.writing = False
+        self.recycle = False
 
     def arm(self, now: float) -> None:
         """Start the clock of the task at the head: the one this worker runs now."""

@@ -6,6 +6,7 @@ import collections
 
 from service import WorkerService
 from tests import tasks
+from tests.conftest import wait_for
 
 
 def test_recycle_by_task_count_with_backlog(make_pool) -> None:
@@ -37,3 +38,18 @@ def test_recycled_worker_loses_no_state_of_others(make_pool) -> None:
     pool = make_pool(2, max_tasks_per_worker=1)
     results = [pool.submit(tasks.add, i, b=i) for i in range(20)]
     assert [f.result(timeout=60) for f in results] == [2 * i for i in range(20)]
+
+
+def test_restart_workers_replaces_every_worker_without_losing_tasks(make_pool) -> None:
+    pool: WorkerService = make_pool(2)
+    first = pool.submit(tasks.sleep_then, 0.5, "slow")
+    wait_for(lambda: len(pool.running_tasks()) == 1)
+    old = set(pool.worker_pids())
+    assert pool.running_tasks() == {next(iter(pool.running_tasks())): first.task_id}
+    pool.restart_workers()
+    stream = [pool.submit(tasks.pid_of_worker, i) for i in range(40)]
+    assert first.result(timeout=30) == "slow"  # the busy worker finished its task first
+    pids = {f.result(timeout=30) for f in stream}
+    wait_for(lambda: len(pool.worker_pids()) == 2 and not old & set(pool.worker_pids()))
+    # The restart is ordered before the stream: no old worker takes a new task.
+    assert not pids & old, pids & old
