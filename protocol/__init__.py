@@ -1,9 +1,134 @@
-"""pipework's wire: message models, codecs and the client other programs use.
+"""pipework's wire: message models, codec and the clients other programs use.
 
-It owns no process and never imports ``service``. The daemon protocol lands
-with the daemon; until then this package is intentionally empty.
+``docs/protocol.md`` is the specification; this package is it in code. It
+owns no process and never imports ``service``, so a program that only talks
+to a daemon installs nothing else::
+
+    from protocol import Client, TaskFailed
+
+    with Client() as client:                    # $PIPEWORK_ENDPOINT or the default
+        print(client.call("add", [2, 3], wait=10))          # 5
+        reply = client.submit("add", [1, 2], key="order-1187")
+        task = client.result(reply.task_id, wait=30)
+        print(task.state, task.result)                       # done 3
+
+and with asyncio, many requests share one socket::
+
+    from protocol import AsyncClient
+
+    async with AsyncClient() as client:
+        results = await asyncio.gather(*(client.call("add", [i, 1]) for i in range(10)))
+
+A daemon decodes requests and encodes replies with ``decode_request``,
+``encode`` and ``error_reply``; every failure is a ``ProtocolError`` whose
+``code`` is a stable ``ErrorCode``.
+
+``import protocol`` loads pydantic but not ZeroMQ: ``Client`` and
+``AsyncClient`` are imported on first use.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from protocol.codec import decode_reply, decode_request, encode, error_reply
+from protocol.endpoint import default_endpoint, runtime_dir
+from protocol.errors import ErrorCode, ProtocolError, TaskFailed, Unavailable
+from protocol.messages import (
+    OPERATIONS,
+    PROTOCOL_VERSION,
+    TERMINAL_STATES,
+    Attempt,
+    CancelReply,
+    CancelRequest,
+    ErrorBody,
+    ErrorReply,
+    JSONValue,
+    ListReply,
+    ListRequest,
+    Reply,
+    Request,
+    ResultReply,
+    ResultRequest,
+    Stats,
+    StatsReply,
+    StatsRequest,
+    StatusReply,
+    StatusRequest,
+    SubmitReply,
+    SubmitRequest,
+    TaskDoneEvent,
+    TaskError,
+    TaskInfo,
+    TaskState,
+    WorkerInfo,
+    WorkersReply,
+    WorkersRequest,
+)
+
+if TYPE_CHECKING:
+    from protocol.async_client import AsyncClient
+    from protocol.client import Client
+
+__all__ = [
+    "OPERATIONS",
+    "PROTOCOL_VERSION",
+    "TERMINAL_STATES",
+    "AsyncClient",
+    "Attempt",
+    "CancelReply",
+    "CancelRequest",
+    "Client",
+    "ErrorBody",
+    "ErrorCode",
+    "ErrorReply",
+    "JSONValue",
+    "ListReply",
+    "ListRequest",
+    "ProtocolError",
+    "Reply",
+    "Request",
+    "ResultReply",
+    "ResultRequest",
+    "Stats",
+    "StatsReply",
+    "StatsRequest",
+    "StatusReply",
+    "StatusRequest",
+    "SubmitReply",
+    "SubmitRequest",
+    "TaskDoneEvent",
+    "TaskError",
+    "TaskFailed",
+    "TaskInfo",
+    "TaskState",
+    "Unavailable",
+    "WorkerInfo",
+    "WorkersReply",
+    "WorkersRequest",
+    "decode_reply",
+    "decode_request",
+    "default_endpoint",
+    "encode",
+    "error_reply",
+    "runtime_dir",
+]
+
+# The clients import ZeroMQ (and asyncio); most users of the models need neither.
+_LAZY = {"Client": "protocol.client", "AsyncClient": "protocol.async_client"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``Client`` or ``AsyncClient`` on first access."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'protocol' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy ones included."""
+    return sorted(set(globals()) | set(__all__))
