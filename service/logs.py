@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["Logger", "get_logger"]
+__all__ = ["Logger", "configure", "get_logger"]
 
 
 class Logger:
@@ -28,7 +28,7 @@ class Logger:
 
     def _emit(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
         if structlog.is_configured():
-            bound = structlog.get_logger(self._name)
+            bound = structlog.get_logger(self._name).bind(logger=self._name)
             method = logging.getLevelName(level).lower()
             if exc_info:
                 fields["exc_info"] = True
@@ -61,3 +61,36 @@ class Logger:
 def get_logger(name: str) -> Logger:
     """The logger called ``name`` (``pipework.<part>`` by convention)."""
     return Logger(name)
+
+
+def configure(log_format: str = "auto", level: str = "info") -> None:
+    """Route pipework's events through structlog, as the daemon wants them.
+
+    Args:
+        log_format: ``"json"`` (one JSON object per line), ``"console"``
+            (coloured, for people), or ``"auto"``: console when stderr is a
+            terminal, JSON otherwise (journald, containers, files).
+        level: the lowest level written: debug, info, warning or error.
+    """
+    import sys  # noqa: PLC0415 - only the daemon configures logging
+
+    console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.dict_tracebacks
+            if not console
+            else structlog.processors.StackInfoRenderer(),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

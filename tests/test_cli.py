@@ -33,7 +33,7 @@ def run(args: list[str], command: list[str] | None = None) -> subprocess.Complet
 
 
 def test_demo_shows_every_scene_and_exits_0() -> None:
-    result = run(["demo"])
+    result = run(["demo", "--pool"])
     out = result.stdout
     assert result.returncode == 0, f"stdout:\n{out}\nstderr:\n{result.stderr}"
     assert "submit + as_completed" in out

@@ -1,0 +1,76 @@
+"""Daemon settings: defaults < TOML file < PIPEWORK_* environment < flags; bad values refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, DaemonSettings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith("PIPEWORK_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+def test_embedded_defaults(tmp_path: Path) -> None:
+    s = load_settings()
+    assert s.endpoint == f"ipc://{tmp_path}/run/pipework/pipework.sock"
+    assert s.journal is True
+    assert s.journal_path == tmp_path / "state" / "pipework" / "journal.sqlite3"
+    assert s.journal_sync == "full"
+    assert s.workers == (os.cpu_count() or 1)
+    assert s.tasks == "service.example_tasks"
+
+
+def test_layering_file_then_env_then_flags(tmp_path: Path, monkeypatch) -> None:
+    config = tmp_path / "pipework.toml"
+    config.write_text('workers = 3\nretries = 5\ntasks = "from.file"\ndrain_timeout = 7.5\n')
+    monkeypatch.setenv("PIPEWORK_RETRIES", "4")
+    monkeypatch.setenv("PIPEWORK_TASKS", "from.env")
+    s = load_settings(config, tasks="from.flag", workers=None)
+    assert s.workers == 3  # file (the flag was not given)
+    assert s.retries == 4  # env beats file
+    assert s.tasks == "from.flag"  # flag beats env
+    assert s.drain_timeout == 7.5
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"workers": 0}, "workers"),
+        ({"journal_sync": "sometimes"}, "journal_sync"),
+        ({"max_message_bytes": 10}, "max_message_bytes"),
+        ({"retries": -1}, "retries"),
+    ],
+)
+def test_invalid_values_name_the_setting(flags, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(**flags)
+
+
+def test_unknown_key_in_file_and_unreadable_file(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.toml"
+    typo.write_text("wrokers = 3\n")
+    with pytest.raises(ConfigError, match="wrokers"):
+        load_settings(typo)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("workers = = 3\n")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(broken)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_env_alone(monkeypatch) -> None:
+    monkeypatch.setenv("PIPEWORK_JOURNAL", "false")
+    monkeypatch.setenv("PIPEWORK_ENDPOINT", "tcp://127.0.0.1:5999")
+    s = DaemonSettings()
+    assert s.journal is False
+    assert s.endpoint == "tcp://127.0.0.1:5999"
