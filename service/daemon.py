@@ -709,6 +709,7 @@ class Daemon:
             self._journal.requeue(rec.task_id, None)
             return
         exc = future.exception()
+        pid: int | None = getattr(future, "worker_pid", None)
         if exc is None:
             try:
                 result_json = _canonical(future.result())
@@ -724,9 +725,10 @@ class Daemon:
                     "ResultTooLarge",
                     f"the result is {len(result_json)} bytes of JSON; the limit is "
                     f"{self.settings.max_message_bytes}",
+                    worker_pid=pid,
                 )
                 return
-            self._finish(rec, "done", result_json=result_json)
+            self._finish(rec, "done", result_json=result_json, worker_pid=pid)
         elif isinstance(exc, WorkerLost):
             entry = {
                 "attempt": run.attempt,
@@ -756,19 +758,33 @@ class Daemon:
                 else str(exc)
             )
             error = {"type": "WorkerLost", "message": message, "traceback": ""}
-            self._finish(rec, "quarantined", error_json=_canonical(error), history_entry=entry)
+            self._finish(
+                rec,
+                "quarantined",
+                error_json=_canonical(error),
+                history_entry=entry,
+                worker_pid=exc.pid,
+            )
         elif isinstance(exc, TaskTimeout):
-            self._fail(rec, "timed_out", "TaskTimeout", str(exc))
+            self._fail(rec, "timed_out", "TaskTimeout", str(exc), worker_pid=exc.pid)
         elif isinstance(exc, PipeworkError) and not isinstance(exc, RemoteError):
             # ServiceClosed/BrokenService: the pool stopped under it. Not the
             # task's doing: it waits in the journal for the next start.
             self._journal.requeue(rec.task_id, None)
         else:
-            self._finish(rec, "failed", error_json=_canonical(_error_of(exc)))
+            self._finish(rec, "failed", error_json=_canonical(_error_of(exc)), worker_pid=pid)
 
-    def _fail(self, rec: TaskRecord, state: str, type_name: str, message: str) -> None:
+    def _fail(
+        self,
+        rec: TaskRecord,
+        state: str,
+        type_name: str,
+        message: str,
+        *,
+        worker_pid: int | None = None,
+    ) -> None:
         error = {"type": type_name, "message": message, "traceback": ""}
-        self._finish(rec, state, error_json=_canonical(error))
+        self._finish(rec, state, error_json=_canonical(error), worker_pid=worker_pid)
 
     def _finish(
         self,
@@ -778,6 +794,7 @@ class Daemon:
         result_json: str | None = None,
         error_json: str | None = None,
         history_entry: Mapping[str, Any] | None = None,
+        worker_pid: int | None = None,
     ) -> None:
         assert self._journal is not None
         self._journal.finish(
@@ -789,7 +806,14 @@ class Daemon:
             history_entry=history_entry,
         )
         self._finished += 1
-        _log.info("task finished", task_id=rec.task_id, task=rec.name, state=state)
+        _log.info(
+            "task finished",
+            task_id=rec.task_id,
+            task=rec.name,
+            state=state,
+            worker_pid=worker_pid,
+            attempt=rec.attempts,
+        )
         waiters = self._waiters.pop(rec.task_id, [])
         peers = self._notify.pop(rec.task_id, [])
         if not waiters and not peers:

@@ -466,6 +466,8 @@ class Dispatcher:
             task.attempt += 1
             task.state = TaskState.RUNNING
             task.worker = handle
+            if task.future is not None:
+                task.future.worker_pid = handle.pid
             handle.tasks.append(task)
             handle.arm(now)
             assert task.payload is not None

@@ -38,6 +38,8 @@ class TaskFuture(_cf.Future[T]):
         self._pw_on_cancel = on_cancel
         self.task_id: int = task.id
         """The id pipework gave the task; errors and logs name it."""
+        self.worker_pid: int | None = None
+        """The pid of the worker that last started the task (None until one has)."""
 
     def __repr__(self) -> str:
         return f"<TaskFuture task_id={self.task_id} state={self._state}>"
