@@ -8,8 +8,8 @@
 
 A worker runs one task at a time. It turns every outcome into a frame, so
 an exception or a result that cannot be pickled fails that task only. It
-ignores SIGINT (Ctrl-C is the parent's to handle) and dies with its parent:
-the kernel's parent-death signal, plus a watchdog thread that sees its
+ignores SIGINT and SIGHUP (Ctrl-C and a hang-up are the parent's to handle)
+and dies with its parent: the kernel's parent-death signal, plus a watchdog thread that sees its
 lifeline pipe (whose write end only the dispatcher holds) hang up or its
 parent change, so no worker outlives its dispatcher.
 """
@@ -136,7 +136,10 @@ def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig, lifeline: Connec
     for fd in config.close_fds:  # fork start: siblings' channel ends, see Supervisor
         with contextlib.suppress(OSError):
             os.close(fd)
+    # A terminal's Ctrl-C and hang-up reach the whole process group; both are
+    # the parent's to act on (drain, rolling restart), not a reason to die mid-task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     channel: WorkerChannel = endpoint.open()
     _die_with_parent(config, lifeline.fileno())
     rss: Callable[[], int] | None = None
