@@ -91,12 +91,7 @@ def _client(args: argparse.Namespace) -> int:
         action = control.stats(as_json=as_json)
     else:
         action = control.workers(as_json=as_json)
-    wait = getattr(args, "wait", None) or 0.0
-    return (
-        control.run_command(args.endpoint, args.timeout, action)
-        if wait == 0
-        else (control.run_command(args.endpoint, args.timeout + wait, action))
-    )
+    return control.run_command(args.endpoint, args.timeout, action)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -22,9 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from protocol.client import Client
-from protocol.messages import TaskInfo
-
 from protocol.errors import ErrorCode, ProtocolError, Unavailable
+from protocol.messages import TaskInfo
 
 __all__ = [
     "EXIT_DAEMON_ERROR",
@@ -50,6 +49,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_DAEMON_ERROR = 4
 EXIT_WAIT_TIMEOUT = 5
+_RESENDS = 2
 
 
 def parse_arg(text: str) -> Any:
@@ -95,7 +95,9 @@ def run_command(
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        with Client(endpoint, timeout=timeout) as client:
+        # Three tries within ``timeout``: a request lost on the way (a daemon
+        # restarting) is resent, and the command still gives up when it said.
+        with Client(endpoint, timeout=timeout / (_RESENDS + 1), resends=_RESENDS) as client:
             return action(client, out)
     except Unavailable as exc:
         err.write(f"pipework: {exc.message}\n")
