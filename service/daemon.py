@@ -77,6 +77,7 @@ _log = get_logger("pipework.daemon")
 _VERSION = "0.1.0"
 _BATCH = 1024  # requests read per pass: bounds a pass's latency, not throughput
 _PRUNE_EVERY = 60.0
+_PRUNE_BATCH = 2_000  # per pass: a pass must stay short, replies wait for it
 _MAX_SLEEP = 1.0
 # Bodies this far over max_message_bytes are cut off by libzmq itself (the peer
 # is disconnected, no reply): a hostile client cannot make us buffer gigabytes.
@@ -171,6 +172,14 @@ def _prepare_endpoint(endpoint: str, context: zmq.Context[Any]) -> None:
     parent = path.parent
     if not parent.exists():
         parent.mkdir(mode=0o700, parents=True)
+    info = parent.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        # Anyone who can reach the socket can submit tasks: the directory is the lock.
+        raise DaemonError(
+            f"ipc socket directory {parent} must be private to this user (owner uid "
+            f"{os.getuid()}, mode 0700); it is owned by uid {info.st_uid} with mode "
+            f"{stat.S_IMODE(info.st_mode):04o}"
+        )
     if path.exists():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise DaemonError(f"{path} exists and is not a socket; refusing to replace it")
@@ -342,8 +351,10 @@ class Daemon:
                 self._dispatch(now)
             self._expire_waiters(time.monotonic())
             if now >= self._next_prune:
-                self._next_prune = now + _PRUNE_EVERY
-                journal.prune(now - self.settings.result_ttl)
+                pruned = journal.prune(now - self.settings.result_ttl, _PRUNE_BATCH)
+                # A full batch means more expired meanwhile: keep up a batch per
+                # pass rather than one batch a minute, or the file would grow.
+                self._next_prune = now + (0.0 if pruned == _PRUNE_BATCH else _PRUNE_EVERY)
             journal.flush()
             self._send()
             if self._draining:
