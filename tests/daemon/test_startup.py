@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 
 @pytest.fixture
-def sock_dir() -> Path:
+def sock_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="pw-start-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -74,6 +75,7 @@ def test_replaces_the_stale_socket_of_a_killed_daemon(daemon: DaemonFactory) -> 
     first.kill9()
     sock = Path(first.endpoint.removeprefix("ipc://"))
     assert sock.exists()  # left behind by kill -9
+    assert first.journal_path is not None
     second = daemon(endpoint=first.endpoint, journal=first.journal_path)
     assert second.run("add", 2, 3)["result"] == 5
 
