@@ -44,6 +44,7 @@ class ErrorCode(enum.StrEnum):
     INVALID = "invalid"
     UNKNOWN_TASK = "unknown_task"
     KEY_CONFLICT = "key_conflict"
+    FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     TIMEOUT = "timeout"
     DRAINING = "draining"

@@ -67,6 +67,7 @@ ERROR_CODES = frozenset(
         "invalid",
         "unknown_task",
         "key_conflict",
+        "forbidden",
         "not_found",
         "timeout",
         "draining",

@@ -142,7 +142,7 @@ def test_the_workers_reply_example() -> None:
 
 
 def test_the_exchange_parses() -> None:
-    exchange = DOC[DOC.index("## An exchange") :]
+    exchange = _section("## An exchange", "# Remote workers")
     parsed = 0
     for text in re.findall(r"\{.*\}", exchange):
         try:
