@@ -62,12 +62,11 @@ from protocol.messages import (
     SubmitRequest,
     WorkersRequest,
 )
-from service.collector import RemoteTraceback
 from service.config import DaemonSettings
-from service.errors import PipeworkError, RemoteError, TaskTimeout, WorkerLost
 from service.executor import WorkerService
 from service.journal import TERMINAL, Journal, JournalError, TaskRecord
 from service.logs import get_logger
+from service.outcomes import Outcome, canonical_json, outcome_of
 from service.registry import load_tasks
 
 __all__ = ["Daemon", "DaemonError", "serve"]
@@ -97,7 +96,7 @@ class _Running:
     attempt: int
     started_at: float
     future: Future[Any] | None = None
-    cancelled_by_client: bool = False
+    where: str = "local"
 
 
 @dataclass(slots=True)
@@ -130,10 +129,6 @@ def _new_task_id() -> str:
     return f"{time.time_ns():016x}{secrets.randbits(64):016x}"
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
 def _dumps(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
@@ -154,14 +149,6 @@ def task_info(rec: TaskRecord, *, full: bool = True) -> dict[str, Any]:
         "error": json.loads(rec.error_json) if full and rec.error_json is not None else None,
         "history": json.loads(rec.history_json) if full else [],
     }
-
-
-def _error_of(exc: BaseException) -> dict[str, str]:
-    cause = exc.__cause__
-    tb = cause.tb if isinstance(cause, RemoteTraceback) else ""
-    if isinstance(exc, RemoteError):
-        return {"type": exc.type_name, "message": exc.message, "traceback": exc.traceback}
-    return {"type": type(exc).__name__, "message": str(exc), "traceback": tb}
 
 
 def _prepare_endpoint(endpoint: str, context: zmq.Context[Any]) -> None:
@@ -493,7 +480,7 @@ class Daemon:
                 {"registered": sorted(self._tasks)},
             )
         try:
-            args_json, kwargs_json = _canonical(req.args), _canonical(req.kwargs)
+            args_json, kwargs_json = canonical_json(req.args), canonical_json(req.kwargs)
         except ValueError as exc:  # NaN/Infinity smuggled in as a float
             raise ProtocolError(ErrorCode.INVALID, f"arguments are not JSON: {exc}") from None
         if req.key is not None:
@@ -605,16 +592,14 @@ class Daemon:
             return self._ok(req, cancelled=False, task=task_info(rec))
         run = self._running.get(rec.task_id)
         if run is not None and run.future is not None:
-            run.cancelled_by_client = True
             if not run.future.cancel():
                 # It finished while we looked: its completion is queued. Settle it now.
-                run.cancelled_by_client = False
                 self._take_completions()
                 return self._ok(req, cancelled=False, task=task_info(self._get(rec.task_id)))
             del self._running[rec.task_id]
         self._queued.discard(rec.task_id)
         error = {"type": "Cancelled", "message": "cancelled by a client", "traceback": ""}
-        self._finish(rec, "cancelled", error_json=_canonical(error))
+        self._finish(rec, "cancelled", error_json=canonical_json(error))
         return self._ok(req, cancelled=True, task=task_info(self._get(rec.task_id)))
 
     def _stats(self) -> dict[str, Any]:
@@ -711,91 +696,62 @@ class Daemon:
             if run is None or run.future is not future:
                 continue  # cancelled by a client, or taken back at drain: settled already
             del self._running[task_id]
-            self._settle(run, future)
+            self._settle(run, outcome_of(future, self.settings.max_message_bytes))
 
-    def _settle(self, run: _Running, future: Future[Any]) -> None:
+    def _settle(self, run: _Running, outcome: Outcome) -> None:
+        """Record how one run ended: finish the task, or queue it again."""
         assert self._journal is not None
         rec = replace(run.record, attempts=run.attempt)
-        if future.cancelled():  # taken back by the pool's own shutdown
+        state = outcome.state
+        if state == "interrupted":  # the pool stopped under it: it runs again later
             self._journal.requeue(rec.task_id, None)
             return
-        exc = future.exception()
-        pid: int | None = getattr(future, "worker_pid", None)
-        if exc is None:
-            try:
-                result_json = _canonical(future.result())
-            except (TypeError, ValueError) as err:
-                self._fail(
-                    rec, "failed", "ResultNotJSON", f"the task's return value is not JSON: {err}"
-                )
-                return
-            if len(result_json) > self.settings.max_message_bytes:
-                self._fail(
-                    rec,
-                    "failed",
-                    "ResultTooLarge",
-                    f"the result is {len(result_json)} bytes of JSON; the limit is "
-                    f"{self.settings.max_message_bytes}",
-                    worker_pid=pid,
-                )
-                return
-            self._finish(rec, "done", result_json=result_json, worker_pid=pid)
-        elif isinstance(exc, WorkerLost):
-            entry = {
-                "attempt": run.attempt,
-                "worker_pid": exc.pid,
-                "outcome": "worker_lost",
-                "exitcode": exc.exitcode,
-                "signal": exc.signal,
-                "at": time.time(),
-            }
-            losses = len(json.loads(rec.history_json)) + 1
-            _log.warning(
-                "worker died running a task",
-                task_id=rec.task_id,
-                task=rec.name,
-                worker_pid=exc.pid,
-                signal=exc.signal,
-                exitcode=exc.exitcode,
-                attempt=run.attempt,
-            )
-            if losses <= rec.retries:
-                self._journal.requeue(rec.task_id, entry)
-                self._enqueue(rec, 0.0)
-                return
-            message = (
-                f"its worker died on each of its {losses} attempts; last: {exc}"
-                if losses > 1
-                else str(exc)
-            )
-            error = {"type": "WorkerLost", "message": message, "traceback": ""}
+        if state != "worker_lost":
             self._finish(
                 rec,
-                "quarantined",
-                error_json=_canonical(error),
-                history_entry=entry,
-                worker_pid=exc.pid,
+                state,
+                result_json=outcome.result_json,
+                error_json=None if outcome.error is None else canonical_json(outcome.error),
+                worker_pid=outcome.worker_pid,
             )
-        elif isinstance(exc, TaskTimeout):
-            self._fail(rec, "timed_out", "TaskTimeout", str(exc), worker_pid=exc.pid)
-        elif isinstance(exc, PipeworkError) and not isinstance(exc, RemoteError):
-            # ServiceClosed/BrokenService: the pool stopped under it. Not the
-            # task's doing: it waits in the journal for the next start.
-            self._journal.requeue(rec.task_id, None)
-        else:
-            self._finish(rec, "failed", error_json=_canonical(_error_of(exc)), worker_pid=pid)
-
-    def _fail(
-        self,
-        rec: TaskRecord,
-        state: str,
-        type_name: str,
-        message: str,
-        *,
-        worker_pid: int | None = None,
-    ) -> None:
-        error = {"type": type_name, "message": message, "traceback": ""}
-        self._finish(rec, state, error_json=_canonical(error), worker_pid=worker_pid)
+            return
+        entry = {
+            "attempt": run.attempt,
+            "worker_pid": outcome.worker_pid,
+            "outcome": "worker_lost",
+            "exitcode": outcome.exitcode,
+            "signal": outcome.signal,
+            "at": time.time(),
+        }
+        losses = len(json.loads(rec.history_json)) + 1
+        _log.warning(
+            "worker lost running a task",
+            task_id=rec.task_id,
+            task=rec.name,
+            worker_pid=outcome.worker_pid,
+            signal=outcome.signal,
+            exitcode=outcome.exitcode,
+            attempt=run.attempt,
+            where=run.where,
+        )
+        if losses <= rec.retries:
+            self._journal.requeue(rec.task_id, entry)
+            self._enqueue(rec, 0.0)
+            return
+        last = outcome.error["message"] if outcome.error else "worker lost"
+        message = (
+            f"its worker died on each of its {losses} attempts; last: {last}"
+            if losses > 1
+            else last
+        )
+        error = {"type": "WorkerLost", "message": message, "traceback": ""}
+        self._finish(
+            rec,
+            "quarantined",
+            error_json=canonical_json(error),
+            history_entry=entry,
+            worker_pid=outcome.worker_pid,
+        )
 
     def _finish(
         self,
