@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: bounded child runs, one-line reports, machine info.
+"""Helpers shared by the benchmarks: bounded child runs, one-line reports, machine info,
+progress on stderr.
 
 ```
  parent ──run_child(args, limit)──▶ child: python -m benchmarks.X --one ...
@@ -19,6 +20,7 @@ import dataclasses
 import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import signal
@@ -28,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import psutil
 
@@ -36,14 +38,17 @@ __all__ = [
     "MIB",
     "ChildOutcome",
     "JSONDict",
+    "Progress",
     "cpu_model",
     "emit_result",
+    "filesystem",
     "fmt",
     "git_state",
     "kill_session",
     "loadavg",
     "machine_info",
     "machine_line",
+    "percentile",
     "project_root",
     "run_child",
 ]
@@ -194,6 +199,21 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def filesystem(directory: Path) -> str | None:
+    """The type of the file system holding ``directory`` (ext4, tmpfs, ...), if known."""
+    target = directory.resolve()
+    holding = [p for p in psutil.disk_partitions(all=True) if target.is_relative_to(p.mountpoint)]
+    if not holding:
+        return None
+    return str(max(holding, key=lambda p: len(p.mountpoint)).fstype)
+
+
+def percentile(ordered: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted samples."""
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
 def fmt(value: float | None, spec: str) -> str:
     """``format(value, spec)``, or an em dash for a missing value."""
     return "—" if value is None else format(value, spec)
@@ -209,3 +229,47 @@ def machine_line(machine: JSONDict) -> str:
         f"{versions}; {machine['date']}; 1-min load average {machine['loadavg_1m_at_start']} "
         f"at start, {machine.get('loadavg_1m_at_end', '?')} at end"
     )
+
+
+class Progress:
+    """A progress display on stderr for a run of ``total`` steps.
+
+    On a terminal, one line is rewritten in place (``\r``) as each step starts
+    and cleared at the end; otherwise (a pipe, a CI log) each finished step
+    gets a line of its own, so logs stay readable.
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self._total = total
+        self._stream = sys.stderr if stream is None else stream
+        self._tty = self._stream.isatty()
+        self._step = 0
+        self._started = time.perf_counter()
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)
+        self._stream.flush()
+
+    def start(self, label: str) -> None:
+        """Step ``label`` begins."""
+        self._step += 1
+        if self._tty:
+            width = 20
+            filled = width * (self._step - 1) // max(self._total, 1)
+            bar = "#" * filled + "." * (width - filled)
+            elapsed = time.perf_counter() - self._started
+            self._write(f"\r\x1b[K[{bar}] {self._step}/{self._total} {label} ({elapsed:.0f} s)")
+
+    def done(self, label: str, status: str, seconds: float) -> None:
+        """Step ``label`` ended with ``status`` after ``seconds``; failures always get a line."""
+        line = f"[{self._step}/{self._total}] {label}: {status} ({seconds:.1f} s)"
+        if not self._tty:
+            self._write(line + "\n")
+        elif status != "ok":
+            self._write("\r\x1b[K" + line + "\n")
+
+    def finish(self) -> None:
+        """Clear the progress line and say how long the whole run took."""
+        elapsed = time.perf_counter() - self._started
+        prefix = "\r\x1b[K" if self._tty else ""
+        self._write(f"{prefix}{self._total} steps in {elapsed:.1f} s\n")

@@ -58,6 +58,7 @@ import psutil
 
 from benchmarks.common import (
     JSONDict,
+    filesystem,
     fmt,
     git_state,
     loadavg,
@@ -81,15 +82,6 @@ WARM_UP = 0.1  # fraction of --seconds spent before measuring
 
 def _mode_name(mode: JournalSync | None) -> str:
     return "memory" if mode is None else mode
-
-
-def _filesystem(directory: Path) -> str | None:
-    """The type of the file system holding ``directory`` (ext4, tmpfs, ...), if known."""
-    target = directory.resolve()
-    holding = [p for p in psutil.disk_partitions(all=True) if target.is_relative_to(p.mountpoint)]
-    if not holding:
-        return None
-    return str(max(holding, key=lambda p: len(p.mountpoint)).fstype)
 
 
 def _timed(
@@ -382,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
                 cells.append(cell)
-        filesystem = _filesystem(work)
+        fs = filesystem(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     machine["loadavg_1m_at_end"] = loadavg()[0]
@@ -392,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds_per_cell": seconds,
         "sqlite_version": sqlite3.sqlite_version,
         "directory": str(parent),
-        "filesystem": filesystem,
+        "filesystem": fs,
         "batches": list(BATCHES),
         "prefill": prefill,
         "ceiling": ceiling,

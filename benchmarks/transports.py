@@ -50,7 +50,6 @@ import dataclasses
 import functools
 import gc
 import json
-import math
 import multiprocessing
 import pickle
 import shutil
@@ -76,6 +75,7 @@ from benchmarks.common import (
     loadavg,
     machine_info,
     machine_line,
+    percentile,
     run_child,
 )
 from benchmarks.contenders import RAW_WINDOW, Counter, Skip, _Pipework, _RawPipe
@@ -508,12 +508,6 @@ SUBJECTS: dict[str, SubjectSpec] = {
 # -- measuring (in the child) ------------------------------------------------------------
 
 
-def _percentile(ordered: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted samples."""
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 class _Child:
     """State of the one (subject, measure) run in this child process, and its single report."""
 
@@ -600,8 +594,8 @@ def _measure_latency(subject: Subject, counts: Counts, child: _Child) -> None:
     child.results.update(
         n=len(samples),
         warm_up=counts.latency_warm_up,
-        p50_us=round(_percentile(samples, 50), 1),
-        p99_us=round(_percentile(samples, 99), 1),
+        p50_us=round(percentile(samples, 50), 1),
+        p99_us=round(percentile(samples, 99), 1),
         mean_us=round(statistics.fmean(samples), 1),
         min_us=round(samples[0], 1),
         max_us=round(samples[-1], 1),
