@@ -16,6 +16,8 @@ import structlog
 
 __all__ = ["Logger", "configure", "get_logger"]
 
+_configured_level = logging.NOTSET  # set by configure(); structlog then filters at this level
+
 
 class Logger:
     """A structlog-style logger: ``log.warning("worker died", worker_pid=12)``."""
@@ -28,6 +30,8 @@ class Logger:
 
     def _emit(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
         if structlog.is_configured():
+            if level < _configured_level:
+                return  # before building anything: a per-task debug line must cost ~nothing
             bound = structlog.get_logger(self._name).bind(logger=self._name)
             method = logging.getLevelName(level).lower()
             if exc_info:
@@ -74,6 +78,9 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
     """
     import sys  # noqa: PLC0415 - only the daemon configures logging
 
+    global _configured_level
+    _configured_level = logging.getLevelNamesMapping()[level.upper()]
+
     console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
@@ -88,9 +95,7 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
             else structlog.processors.StackInfoRenderer(),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(_configured_level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
