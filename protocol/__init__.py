@@ -23,6 +23,11 @@ A daemon decodes requests and encodes replies with ``decode_request``,
 ``encode`` and ``error_reply``; every failure is a ``ProtocolError`` whose
 ``code`` is a stable ``ErrorCode``.
 
+Remote workers and the daemon exchange the messages of ``protocol.workers``
+(``Hello``, ``Welcome``, ``Ready``, ``TaskMessage``, ``ResultMessage``,
+``Cancel``, ``Heartbeat``, ``Stop``, ``Bye``), read with
+``decode_worker_message`` and written with ``encode``.
+
 ``import protocol`` loads pydantic but not ZeroMQ: ``Client`` and
 ``AsyncClient`` are imported on first use.
 """
@@ -66,61 +71,101 @@ from protocol.messages import (
     WorkersReply,
     WorkersRequest,
 )
+from protocol.workers import (
+    MAX_ERROR_TEXT,
+    RESULT_OVERHEAD,
+    WORKER_MESSAGE_TYPES,
+    Bye,
+    Cancel,
+    Heartbeat,
+    Hello,
+    Ready,
+    ResultError,
+    ResultMessage,
+    ResultState,
+    Stop,
+    TaskMessage,
+    Welcome,
+    WorkerMessage,
+    decode_worker_message,
+)
 
 if TYPE_CHECKING:
     from protocol.async_client import AsyncClient
     from protocol.client import Client
+    from protocol.curve import use_curve
 
 __all__ = [
+    "MAX_ERROR_TEXT",
     "OPERATIONS",
     "PROTOCOL_VERSION",
+    "RESULT_OVERHEAD",
     "TERMINAL_STATES",
+    "WORKER_MESSAGE_TYPES",
     "AsyncClient",
     "Attempt",
+    "Bye",
+    "Cancel",
     "CancelReply",
     "CancelRequest",
     "Client",
     "ErrorBody",
     "ErrorCode",
     "ErrorReply",
+    "Heartbeat",
+    "Hello",
     "JSONValue",
     "ListReply",
     "ListRequest",
     "ProtocolError",
+    "Ready",
     "Reply",
     "Request",
+    "ResultError",
+    "ResultMessage",
     "ResultReply",
     "ResultRequest",
+    "ResultState",
     "Stats",
     "StatsReply",
     "StatsRequest",
     "StatusReply",
     "StatusRequest",
+    "Stop",
     "SubmitReply",
     "SubmitRequest",
     "TaskDoneEvent",
     "TaskError",
     "TaskFailed",
     "TaskInfo",
+    "TaskMessage",
     "TaskState",
     "Unavailable",
+    "Welcome",
     "WorkerInfo",
+    "WorkerMessage",
     "WorkersReply",
     "WorkersRequest",
     "decode_reply",
     "decode_request",
+    "decode_worker_message",
     "default_endpoint",
     "encode",
     "error_reply",
     "runtime_dir",
+    "use_curve",
 ]
 
 # The clients import ZeroMQ (and asyncio); most users of the models need neither.
-_LAZY = {"Client": "protocol.client", "AsyncClient": "protocol.async_client"}
+_LAZY = {
+    "Client": "protocol.client",
+    "AsyncClient": "protocol.async_client",
+    "use_curve": "protocol.curve",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``Client`` or ``AsyncClient`` on first access."""
+    """Import the ZeroMQ-using names (``Client``, ``AsyncClient``, ``use_curve``) on first use."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'protocol' has no attribute {name!r}")

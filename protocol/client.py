@@ -20,6 +20,7 @@ import builtins
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -38,6 +39,7 @@ from protocol._requests import (
     wait_timeout,
 )
 from protocol.codec import decode_reply, encode
+from protocol.curve import use_curve
 from protocol.endpoint import default_endpoint
 from protocol.errors import ErrorCode, ProtocolError, Unavailable
 from protocol.messages import (
@@ -84,6 +86,8 @@ class Client:
         *,
         timeout: float = 5.0,
         resends: int = 2,
+        secret_key: str | os.PathLike[str] | None = None,
+        server_key: str | os.PathLike[str] | None = None,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         """Connect to a daemon (ZeroMQ connects lazily; nothing blocks here).
@@ -92,6 +96,9 @@ class Client:
             endpoint: the daemon's endpoint; None means ``default_endpoint()``.
             timeout: seconds to wait for each reply before resending.
             resends: how many times to resend a request that got no reply.
+            secret_key, server_key: this client's ``NAME.key_secret`` file and
+                the daemon's public ``NAME.key`` file, for a CURVE endpoint
+                (every ``tcp://`` daemon endpoint is one).
             context: the ZeroMQ context to use; None makes a private one,
                 terminated by ``close()``.
 
@@ -110,6 +117,13 @@ class Client:
         self._context: zmq.Context[Any] = zmq.Context() if context is None else context
         self._socket: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        try:
+            use_curve(self._socket, secret_key, server_key)
+        except ValueError:
+            self._socket.close(linger=0)
+            if self._own_context:
+                self._context.term()
+            raise
         try:
             self._socket.connect(self.endpoint)
         except zmq.ZMQError as exc:
