@@ -6,6 +6,9 @@ pipework submit    enqueue a task            pipework result   wait for a task's
 pipework status    a task's state            pipework cancel   cancel a task
 pipework list      recent tasks              pipework stats    the daemon's counters
 pipework workers   worker processes          pipework demo     a daemon and a client, end to end
+pipework worker    serve a daemon's tasks from another host (a remote worker)
+pipework keys      generate CURVE key pairs for tcp:// endpoints
+pipework bench     measure (ipc: docs/ipc.md's tables)
 ```
 
 Each subcommand hands off to the module that does the work (``service.daemon``,
@@ -17,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
@@ -42,6 +47,11 @@ def _serve(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             result_ttl=args.result_ttl,
             max_message_bytes=args.max_message_bytes,
+            workers_endpoint=args.workers_endpoint,
+            curve_secret_key=args.curve_secret_key,
+            curve_allow_dir=args.curve_allow_dir,
+            heartbeat=args.heartbeat,
+            heartbeat_expiry=args.heartbeat_expiry,
             log_format=args.log_format,
             log_level=args.log_level,
         )
@@ -91,7 +101,9 @@ def _client(args: argparse.Namespace) -> int:
         action = control.stats(as_json=as_json)
     else:
         action = control.workers(as_json=as_json)
-    return control.run_command(args.endpoint, args.timeout, action)
+    return control.run_command(
+        args.endpoint, args.timeout, action, keys=(args.secret_key, args.server_key)
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -102,6 +114,39 @@ def _demo(args: argparse.Namespace) -> int:
     from service import daemon_demo  # noqa: PLC0415
 
     return daemon_demo.run()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    # Only "ipc" so far; each kind is a module of benchmarks/ with a run() of its own.
+    try:
+        from benchmarks import ipc  # noqa: PLC0415 - measuring code loads only for `bench`
+    except ImportError as exc:
+        sys.stderr.write(f"pipework bench: the benchmarks package is not installed ({exc})\n")
+        return 2
+    json_path = None if args.json is None else Path(args.json)
+    return ipc.run(quick=args.quick, docs=args.write_docs, json_path=json_path)
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="measure, and print the tables (progress on stderr)",
+        description=(
+            "ipc: round-trip latency and echo bandwidth of each IPC mechanism in docs/ipc.md "
+            "(multiprocessing Queue, Pipe, Manager, shared_memory, pickle 5, ZeroMQ over "
+            "ipc:// and tcp://), each against one peer process in a fresh child. A full run "
+            "takes a few minutes; --quick a few seconds."
+        ),
+    )
+    p.add_argument("kind", choices=["ipc"], help="what to measure")
+    p.add_argument("--quick", action="store_true", help="few repetitions, 1 MiB only (a smoke run)")
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="also rewrite the generated tables of docs/ipc.md and docs/ipc.zh.md",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    p.set_defaults(handler=_bench)
 
 
 def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -135,6 +180,13 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--drain-timeout", type=float, metavar="S", help="SIGTERM deadline (30)")
     p.add_argument("--result-ttl", type=float, metavar="S", help="keep results this long")
     p.add_argument("--max-message-bytes", type=int, metavar="N", help="request size limit")
+    p.add_argument("--workers-endpoint", help="tcp://HOST:PORT where remote workers connect")
+    p.add_argument("--curve-secret-key", metavar="FILE", help="the daemon's NAME.key_secret")
+    p.add_argument("--curve-allow-dir", metavar="DIR", help="allowed public NAME.key files")
+    p.add_argument("--heartbeat", type=float, metavar="S", help="remote heartbeat interval (1)")
+    p.add_argument(
+        "--heartbeat-expiry", type=float, metavar="S", help="remote silence before loss (10)"
+    )
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_serve, journal=None)
@@ -155,6 +207,18 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="seconds to wait for the daemon's reply (5)",
     )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument(
+        "--secret-key",
+        default=os.environ.get("PIPEWORK_SECRET_KEY"),
+        metavar="FILE",
+        help="your CURVE NAME.key_secret, for a tcp:// daemon ($PIPEWORK_SECRET_KEY)",
+    )
+    common.add_argument(
+        "--server-key",
+        default=os.environ.get("PIPEWORK_SERVER_KEY"),
+        metavar="FILE",
+        help="the daemon's public NAME.key ($PIPEWORK_SERVER_KEY)",
+    )
 
     p = commands.add_parser(
         "submit",
@@ -191,6 +255,109 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         commands.choices[name].set_defaults(handler=_client)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from service import logs  # noqa: PLC0415
+    from service.remote import RemoteWorker, RemoteWorkerError  # noqa: PLC0415
+
+    logs.configure(args.log_format, args.log_level)
+    try:
+        worker = RemoteWorker(
+            args.connect,
+            tasks=args.tasks,
+            slots=args.slots,
+            secret_key=None if args.secret_key is None else Path(args.secret_key),
+            server_key=None if args.server_key is None else Path(args.server_key),
+            exit_after=args.exit_after,
+            transport=args.transport,
+            max_message_bytes=args.max_message_bytes,
+        )
+    except RemoteWorkerError as exc:
+        sys.stderr.write(f"pipework worker: {exc}\n")
+        return 2
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "worker",
+        help="serve a daemon's tasks from this host (a remote worker)",
+        description=(
+            "Connect to a daemon's worker endpoint and run its tasks in a local pool of "
+            "SLOTS processes (docs/protocol.md, remote workers). Reconnects with backoff when "
+            "the daemon goes away. tcp:// requires CURVE keys. SIGTERM/SIGINT or the daemon's "
+            "stop: kill running tasks, say bye, exit 0 (a second signal exits at once)."
+        ),
+    )
+    p.add_argument("--connect", required=True, metavar="ENDPOINT", help="tcp://HOST:PORT")
+    p.add_argument("--tasks", required=True, metavar="MODULE", help="the daemon's task module")
+    p.add_argument(
+        "--slots", type=int, metavar="N", help="local worker processes (default: one per core)"
+    )
+    p.add_argument(
+        "--secret-key",
+        default=os.environ.get("PIPEWORK_SECRET_KEY"),
+        metavar="FILE",
+        help="this worker's CURVE NAME.key_secret ($PIPEWORK_SECRET_KEY)",
+    )
+    p.add_argument(
+        "--server-key",
+        default=os.environ.get("PIPEWORK_SERVER_KEY"),
+        metavar="FILE",
+        help="the daemon's public NAME.key ($PIPEWORK_SERVER_KEY)",
+    )
+    p.add_argument(
+        "--exit-after",
+        type=float,
+        metavar="S",
+        help="exit 0 after S seconds without a session (default: retry for ever)",
+    )
+    p.add_argument("--transport", choices=["pipe", "queue", "zmq"], default="pipe")
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="largest result JSON sent, as the daemon's setting (1 MiB)",
+    )
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.set_defaults(handler=_worker)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from service import keys  # noqa: PLC0415
+
+    try:
+        public, secret = keys.generate(args.directory, args.name)
+    except ValueError as exc:
+        sys.stderr.write(f"pipework keys generate: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"pipework keys generate: {exc}\n")
+        return 1
+    sys.stdout.write(f"public key: {public}\nsecret key: {secret}\n")
+    return 0
+
+
+def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("keys", help="CURVE key pairs for tcp:// endpoints")
+    actions = p.add_subparsers(title="actions", dest="keys_action", required=True)
+    g = actions.add_parser(
+        "generate",
+        help="write DIR/NAME.key (public, 0644) and DIR/NAME.key_secret (0600)",
+        description=(
+            "Write a new CURVE key pair: DIR/NAME.key (the public key: copy it to the daemon's "
+            "allow-list directory, or to clients and workers for the daemon's own pair) and "
+            "DIR/NAME.key_secret (keep it on this host). DIR is created with mode 0700; "
+            "existing files are never overwritten."
+        ),
+    )
+    g.add_argument("directory", metavar="DIR")
+    g.add_argument("name", metavar="NAME")
+    g.set_defaults(handler=_keys)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pipework`` argument parser, with one subparser per command."""
     parser = argparse.ArgumentParser(
@@ -202,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
     _add_serve(commands)
     _add_client_commands(commands)
+    _add_worker(commands)
+    _add_keys(commands)
+    _add_bench(commands)
     demo_parser = commands.add_parser(
         "demo",
         help="start a daemon on its defaults and run a client against it",

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -49,7 +49,10 @@ class DaemonSettings(BaseSettings):
         default="service.example_tasks", description="module whose @task functions may be run"
     )
     workers: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024, description="worker processes"
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=0,
+        le=1024,
+        description="local worker processes (0: remote workers only)",
     )
     transport: Literal["pipe", "queue", "zmq"] = Field(
         default="pipe", description="how the daemon talks to its local workers"
@@ -71,10 +74,35 @@ class DaemonSettings(BaseSettings):
         default=1 << 20, ge=1024, le=1 << 30, description="largest request body accepted"
     )
     max_queued: int = Field(default=1_000_000, ge=1, description="unfinished tasks held at most")
+    workers_endpoint: str | None = Field(
+        default=None, description="where remote workers connect (tcp://HOST:PORT); None: none"
+    )
+    curve_secret_key: Path | None = Field(
+        default=None, description="the daemon's CURVE secret key file (NAME.key_secret)"
+    )
+    curve_allow_dir: Path | None = Field(
+        default=None, description="directory of the public keys (NAME.key) allowed in"
+    )
+    client_tasks: dict[str, list[str]] = Field(
+        default_factory=dict, description="key name -> task names that key may submit"
+    )
+    heartbeat: float = Field(default=1.0, gt=0, description="seconds between remote heartbeats")
+    heartbeat_expiry: float = Field(
+        default=10.0, gt=0, description="seconds of silence before a remote worker is lost"
+    )
     log_format: LogFormat = Field(
         default="auto", description="auto: console on a terminal, else JSON"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+
+    @model_validator(mode="after")
+    def _expiry_after_heartbeat(self) -> DaemonSettings:
+        if self.heartbeat_expiry <= self.heartbeat:
+            raise ValueError(
+                f"heartbeat_expiry ({self.heartbeat_expiry}) must be longer than heartbeat "
+                f"({self.heartbeat}), or every quiet moment would lose a remote worker"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -90,6 +90,8 @@ def run_command(
     action: Callable[[Client, TextIO], int],
     out: TextIO | None = None,
     err: TextIO | None = None,
+    *,
+    keys: tuple[str | None, str | None] = (None, None),
 ) -> int:
     """Open a client, run ``action``, and turn protocol failures into exit codes and messages."""
     out = sys.stdout if out is None else out
@@ -97,8 +99,17 @@ def run_command(
     try:
         # Three tries within ``timeout``: a request lost on the way (a daemon
         # restarting) is resent, and the command still gives up when it said.
-        with Client(endpoint, timeout=timeout / (_RESENDS + 1), resends=_RESENDS) as client:
+        with Client(
+            endpoint,
+            timeout=timeout / (_RESENDS + 1),
+            resends=_RESENDS,
+            secret_key=keys[0],
+            server_key=keys[1],
+        ) as client:
             return action(client, out)
+    except ValueError as exc:  # unusable keys or endpoint
+        err.write(f"pipework: {exc}\n")
+        return EXIT_USAGE
     except Unavailable as exc:
         err.write(f"pipework: {exc.message}\n")
         return EXIT_UNAVAILABLE

@@ -68,13 +68,18 @@ from service.journal import TERMINAL, Journal, JournalError, TaskRecord
 from service.logs import get_logger
 from service.outcomes import Outcome, canonical_json, outcome_of
 from service.registry import load_tasks
+from service.remotes import RemoteEvent, RemoteWorkers
+from service.security import CurveServer, SecurityError, needs_curve
 
 __all__ = ["Daemon", "DaemonError", "serve"]
 
 _log = get_logger("pipework.daemon")
 
 _VERSION = "0.1.0"
-_BATCH = 1024  # requests read per pass: bounds a pass's latency, not throughput
+# Requests read per pass. A pass commits once and starts tasks once, so a
+# smaller batch starts tasks sooner during a submit flood (benchmarks.daemon:
+# at 1024 a flood starved execution); 256 still fills a group commit.
+_BATCH = 256
 _PRUNE_EVERY = 60.0
 _PRUNE_BATCH = 2_000  # per pass: a pass must stay short, replies wait for it
 _MAX_SLEEP = 1.0
@@ -106,6 +111,7 @@ class _Peer:
     identity: bytes
     delimiter: bool
     request_id: str
+    user: str | None = None  # the name of its CURVE key, on a CURVE endpoint
 
     def frames(self, body: bytes) -> _Frames:
         return [self.identity, b"", body] if self.delimiter else [self.identity, body]
@@ -199,6 +205,10 @@ class Daemon:
         self._pool: WorkerService | None = None
         self._ctx: zmq.Context[Any] | None = None
         self._router: zmq.Socket[Any] | None = None
+        self._remotes: RemoteWorkers | None = None
+        self._curve: CurveServer | None = None
+        self._monitors: list[zmq.Socket[Any]] = []
+        self._local_running = 0
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -236,6 +246,18 @@ class Daemon:
             raise DaemonError(str(exc)) from exc
         self._ctx = zmq.Context()
         _prepare_endpoint(s.endpoint, self._ctx)
+        endpoints = [e for e in (s.endpoint, s.workers_endpoint) if e is not None]
+        if any(needs_curve(e) for e in endpoints):
+            if s.curve_secret_key is None or s.curve_allow_dir is None:
+                raise DaemonError(
+                    "tcp:// endpoints require CURVE: set curve_secret_key (the daemon's "
+                    "NAME.key_secret) and curve_allow_dir (the allowed NAME.key files); "
+                    "`pipework keys generate DIR NAME` makes key pairs"
+                )
+            try:
+                self._curve = CurveServer(self._ctx, s.curve_secret_key, s.curve_allow_dir)
+            except (SecurityError, OSError, ValueError) as exc:
+                raise DaemonError(str(exc)) from exc
         try:
             self._journal = Journal(s.journal_path if s.journal else None, sync=s.journal_sync)
         except JournalError as exc:
@@ -244,33 +266,51 @@ class Daemon:
         now = time.time()
         for rec in recovered:
             self._enqueue(rec, now)
-        self._pool = WorkerService(
-            s.workers,
-            transport=s.transport,
-            retries=0,  # the daemon retries itself, so each attempt is journalled
-            max_pending=max(16, 4 * s.workers),
-            shutdown_timeout=0.0,
-        )
-        router = self._ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 1000)
-        router.setsockopt(zmq.SNDHWM, 100_000)
-        router.setsockopt(zmq.RCVHWM, 100_000)
-        router.setsockopt(zmq.MAXMSGSIZE, max(_HARD_CAP_FACTOR * s.max_message_bytes, 1 << 20))
-        try:
-            router.bind(s.endpoint)
-        except zmq.ZMQError as exc:
-            router.close()
-            raise DaemonError(f"cannot bind {s.endpoint}: {exc}") from exc
-        self._router = router
+        if s.workers:
+            self._pool = WorkerService(
+                s.workers,
+                transport=s.transport,
+                retries=0,  # the daemon retries itself, so each attempt is journalled
+                max_pending=max(16, 4 * s.workers),
+                shutdown_timeout=0.0,
+            )
+        self._router = self._bind(s.endpoint)
+        if s.workers_endpoint is not None:
+            self._remotes = RemoteWorkers(
+                self._bind(s.workers_endpoint),
+                self._tasks,
+                s.heartbeat,
+                s.heartbeat_expiry,
+                s.max_message_bytes,
+            )
         _log.info(
             "daemon ready",
             endpoint=s.endpoint,
+            workers_endpoint=s.workers_endpoint,
+            curve=self._curve is not None,
             journal=str(s.journal_path) if s.journal else None,
             workers=s.workers,
             tasks=sorted(self._tasks),
             recovered=len(recovered),
             pid=os.getpid(),
         )
+
+    def _bind(self, endpoint: str) -> zmq.Socket[Any]:
+        assert self._ctx is not None
+        sock: zmq.Socket[Any] = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        limit = self.settings.max_message_bytes
+        sock.setsockopt(zmq.MAXMSGSIZE, max(_HARD_CAP_FACTOR * limit, 1 << 20))
+        if self._curve is not None and needs_curve(endpoint):
+            self._monitors.append(self._curve.secure(sock))
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise DaemonError(f"cannot bind {endpoint}: {exc}") from exc
+        return sock
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: drain (a second one: stop now); SIGHUP: restart workers."""
@@ -298,12 +338,19 @@ class Daemon:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+        if self._remotes is not None:
+            self._remotes.flush()
+            self._remotes.sock.close(linger=1000)
+            self._remotes = None
         if self._router is not None:
             self._router.close(linger=1000)
             self._router = None
             if self.settings.endpoint.startswith("ipc://"):
                 with contextlib.suppress(OSError):
                     Path(self.settings.endpoint[len("ipc://") :]).unlink()
+        if self._curve is not None:
+            self._curve.close()
+            self._curve = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -320,6 +367,11 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        remotes = self._remotes
+        if remotes is not None:
+            poller.register(remotes.sock, zmq.POLLIN)
+        for monitor in self._monitors:
+            poller.register(monitor, zmq.POLLIN)
         journal = self._journal
         while True:
             timeout = self._sleep()
@@ -332,6 +384,13 @@ class Daemon:
             self._take_completions()
             if self._router in events:
                 self._read_requests()
+            for monitor in self._monitors:
+                if monitor in events:
+                    CurveServer.log_refusals(monitor)
+            if remotes is not None:
+                ended = remotes.read() if remotes.sock in events else []
+                for event in [*ended, *remotes.tick()]:
+                    self._remote_ended(event)
             now = time.time()
             self._promote(now)
             if not self._draining:
@@ -344,6 +403,8 @@ class Daemon:
                 self._next_prune = now + (0.0 if pruned == _PRUNE_BATCH else _PRUNE_EVERY)
             journal.flush()
             self._send()
+            if remotes is not None:
+                remotes.flush()
             if self._draining:
                 if not self._running:
                     _log.info("drained", queued=len(self._queued))
@@ -365,6 +426,8 @@ class Daemon:
             when = min(when, self._waiter_heap[0].deadline - time.monotonic())
         if self._draining:
             when = min(when, self._drain_deadline - time.monotonic())
+        if self._remotes is not None:
+            when = min(when, self._remotes.next_deadline() - time.monotonic())
         return max(0.0, when)
 
     def _handle_signals(self) -> bool:
@@ -372,9 +435,16 @@ class Daemon:
         while self._signals:
             signum = self._signals.pop(0)
             if signum == signal.SIGHUP:
-                _log.info("SIGHUP: restarting workers")
-                assert self._pool is not None
-                self._pool.restart_workers()
+                _log.info("SIGHUP: restarting workers, reloading the key allow-list")
+                if self._pool is not None:
+                    self._pool.restart_workers()
+                if self._curve is not None:
+                    try:
+                        allowed = self._curve.allow.reload()
+                    except SecurityError as exc:
+                        _log.error("allow-list not reloaded; the old one stays", error=str(exc))
+                    else:
+                        _log.info("allow-list reloaded", keys=allowed)
             elif self._draining:
                 _log.warning("second stop signal: stopping now", signal=signal.Signals(signum).name)
                 return True
@@ -397,7 +467,7 @@ class Daemon:
         for task_id, run in list(self._running.items()):
             future = run.future
             if future is not None and not future.running() and future.cancel():
-                del self._running[task_id]
+                self._pop_running(task_id)
                 self._journal.requeue(task_id, None)
                 self._queued.add(task_id)
 
@@ -405,25 +475,33 @@ class Daemon:
 
     def _read_requests(self) -> None:
         assert self._router is not None
+        curve = self._curve is not None and needs_curve(self.settings.endpoint)
         for _ in range(_BATCH):
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                if curve:
+                    # Frames, not bytes: the sender's CURVE key rides on them.
+                    parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    assert self._curve is not None
+                    key = parts[-1].get("User-Id")
+                    user = self._curve.allow.name_of(key if isinstance(key, str) else None)
+                    self._on_message([p.bytes for p in parts], user)
+                else:
+                    self._on_message(self._router.recv_multipart(zmq.NOBLOCK), None)
             except zmq.Again:
                 return
-            self._on_message(frames)
 
-    def _on_message(self, frames: _Frames) -> None:
+    def _on_message(self, frames: _Frames, user: str | None) -> None:
         identity, body = frames[0], frames[1:]
         try:
             request, delimiter = decode_request(body, self.settings.max_message_bytes)
         except ProtocolError as exc:
             delimiter = len(body) == 2 and body[0] == b""
-            peer = _Peer(identity, delimiter, exc.request_id or "")
+            peer = _Peer(identity, delimiter, exc.request_id or "", user)
             self._out.append(
                 peer.frames(error_reply(exc.request_id, exc.code, exc.message, exc.detail))
             )
             return
-        peer = _Peer(identity, delimiter, request.id)
+        peer = _Peer(identity, delimiter, request.id, user)
         try:
             reply = self._handle(request, peer)
         except ProtocolError as exc:
@@ -478,6 +556,13 @@ class Daemon:
                 ErrorCode.UNKNOWN_TASK,
                 f"no task named {req.task!r} is registered",
                 {"registered": sorted(self._tasks)},
+            )
+        allowed = self.settings.client_tasks.get(peer.user) if peer.user else None
+        if allowed is not None and req.task not in allowed:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"key {peer.user!r} may not submit {req.task!r}",
+                {"allowed": sorted(allowed)},
             )
         try:
             args_json, kwargs_json = canonical_json(req.args), canonical_json(req.kwargs)
@@ -596,7 +681,11 @@ class Daemon:
                 # It finished while we looked: its completion is queued. Settle it now.
                 self._take_completions()
                 return self._ok(req, cancelled=False, task=task_info(self._get(rec.task_id)))
-            del self._running[rec.task_id]
+            self._pop_running(rec.task_id)
+        elif run is not None:
+            assert self._remotes is not None
+            self._remotes.cancel(rec.task_id)  # its session may be gone: nothing to kill then
+            self._pop_running(rec.task_id)
         self._queued.discard(rec.task_id)
         error = {"type": "Cancelled", "message": "cancelled by a client", "traceback": ""}
         self._finish(rec, "cancelled", error_json=canonical_json(error))
@@ -610,7 +699,7 @@ class Daemon:
             "uptime": round(time.monotonic() - self._started, 3),
             "draining": self._draining,
             "journal": self.settings.journal,
-            "workers": len(self._pool.worker_pids()) if self._pool is not None else 0,
+            "workers": len(self._workers()),
             "queued": len(self._queued),
             "running": len(self._running),
             "states": {s: counts.get(s, 0) for s in sorted(TERMINAL)},
@@ -619,24 +708,32 @@ class Daemon:
         }
 
     def _workers(self) -> list[dict[str, Any]]:
-        assert self._pool is not None
-        running = self._pool.running_tasks()
-        by_pool_id = {
-            run.future.task_id: run  # type: ignore[attr-defined]
-            for run in self._running.values()
-            if run.future is not None
-        }
-        out = []
-        for pid in self._pool.worker_pids():
-            run = by_pool_id.get(running.get(pid, -1))
-            out.append(
-                {
-                    "pid": pid,
-                    "task_id": run.record.task_id if run else None,
-                    "task": run.record.name if run else None,
-                    "since": run.started_at if run else None,
-                }
-            )
+        """Local worker processes, then one entry per remote slot (with ``remote``: where)."""
+        out: list[dict[str, Any]] = []
+        if self._pool is not None:
+            running = self._pool.running_tasks()
+            by_pool_id = {
+                run.future.task_id: run  # type: ignore[attr-defined]
+                for run in self._running.values()
+                if run.future is not None
+            }
+            for pid in self._pool.worker_pids():
+                run = by_pool_id.get(running.get(pid, -1))
+                out.append(
+                    {
+                        "pid": pid,
+                        "task_id": run.record.task_id if run else None,
+                        "task": run.record.name if run else None,
+                        "since": run.started_at if run else None,
+                        "remote": None,
+                    }
+                )
+        if self._remotes is not None:
+            for entry in self._remotes.describe():
+                run = self._running.get(entry["task_id"]) if entry["task_id"] else None
+                if run is not None:
+                    entry["task"] = run.record.name
+                out.append(entry)
         return out
 
     # -- scheduling -----------------------------------------------------------------
@@ -655,31 +752,64 @@ class Daemon:
                 rec = self._get(task_id)
                 heapq.heappush(self._ready, (-rec.priority, seq, task_id))
 
-    def _has_capacity(self) -> bool:
+    def _local_free(self) -> bool:
         # One task per worker, none waiting inside the pool: "running" then
         # means started, and priority order holds for every queued task. A
         # prefetched task would save a hand-off per task but break both.
-        return len(self._running) < self.settings.workers
+        return self._pool is not None and self._local_running < self.settings.workers
+
+    def _has_capacity(self) -> bool:
+        return self._local_free() or (self._remotes is not None and self._remotes.credit() > 0)
+
+    def _pop_running(self, task_id: str) -> _Running | None:
+        run = self._running.pop(task_id, None)
+        if run is not None and run.future is not None:
+            self._local_running -= 1
+        return run
 
     def _dispatch(self, now: float) -> None:
         assert self._journal is not None
-        assert self._pool is not None
         while self._ready and self._has_capacity():
-            _, _, task_id = heapq.heappop(self._ready)
+            _, seq, task_id = heapq.heappop(self._ready)
             if task_id not in self._queued:
                 continue  # cancelled while it waited
-            self._queued.discard(task_id)
             rec = self._get(task_id)
+            session = None
+            if not self._local_free():
+                assert self._remotes is not None
+                session = self._remotes.pick(rec.name)
+                if session is None:
+                    # No remote worker with credit serves this name: it waits
+                    # (and so does everything behind it, keeping priority order).
+                    heapq.heappush(self._ready, (-rec.priority, seq, task_id))
+                    return
+            self._queued.discard(task_id)
             attempt = rec.attempts + 1
             self._journal.started(task_id, attempt, now)
             run = _Running(rec, attempt, now)
             self._running[task_id] = run
             timeout = rec.timeout if rec.timeout is not None else self.settings.task_timeout
+            if session is not None:
+                assert self._remotes is not None
+                run.where = session.where
+                self._remotes.send_task(
+                    session, task_id, attempt, rec.name, rec.args_json, rec.kwargs_json, timeout
+                )
+                continue
+            assert self._pool is not None
             fn = self._tasks[rec.name]
             args, kwargs = json.loads(rec.args_json), json.loads(rec.kwargs_json)
             future = self._pool.options(timeout=timeout, retries=0).submit(fn, *args, **kwargs)
             run.future = future
+            self._local_running += 1
             future.add_done_callback(functools.partial(self._completed, task_id))
+
+    def _remote_ended(self, event: RemoteEvent) -> None:
+        run = self._running.get(event.task_id)
+        if run is None or run.future is not None or run.attempt != event.attempt:
+            return  # cancelled, or settled already
+        self._pop_running(event.task_id)
+        self._settle(run, event.outcome)
 
     def _completed(self, task_id: str, future: Future[Any]) -> None:
         """Collector thread: hand the outcome to the loop."""
@@ -695,7 +825,7 @@ class Daemon:
             run = self._running.get(task_id)
             if run is None or run.future is not future:
                 continue  # cancelled by a client, or taken back at drain: settled already
-            del self._running[task_id]
+            self._pop_running(task_id)
             self._settle(run, outcome_of(future, self.settings.max_message_bytes))
 
     def _settle(self, run: _Running, outcome: Outcome) -> None:
@@ -773,7 +903,8 @@ class Daemon:
             history_entry=history_entry,
         )
         self._finished += 1
-        _log.info(
+        log = _log.debug if state == "done" else _log.info  # one line per task is noise
+        log(
             "task finished",
             task_id=rec.task_id,
             task=rec.name,

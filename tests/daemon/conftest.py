@@ -428,6 +428,7 @@ class DaemonFactory:
         endpoint: str | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
         ready: bool = True,
+        prefix: list[str] | None = None,
     ) -> Daemon:
         """Start a daemon; see the module docstring.
 
@@ -440,10 +441,19 @@ class DaemonFactory:
             endpoint: the endpoint (default: a new ``ipc://`` socket).
             drain_timeout: ``--drain-timeout``; also bounds ``stop``.
             ready: wait until it answers ``stats``.
+            prefix: a command the daemon runs under (``ip netns exec NS``; it
+                must exec the daemon in place, so the pid stays the daemon's).
         """
         n = next(self._n)
         endpoint = endpoint or self.endpoint(f"d{n}")
-        argv = [*SERVE, "--endpoint", endpoint, "--drain-timeout", str(drain_timeout)]
+        argv = [
+            *(prefix or []),
+            *SERVE,
+            "--endpoint",
+            endpoint,
+            "--drain-timeout",
+            str(drain_timeout),
+        ]
         if workers is not None:
             argv += ["--workers", str(workers)]
         if tasks is not None:

@@ -113,3 +113,15 @@ def not_json() -> object:
 def big(n: int) -> str:
     """Return a string of ``n`` characters."""
     return "x" * n
+
+
+@task
+def spin_in_c(seconds: float) -> float:
+    """Sleep in C *holding the GIL* for ``seconds``: no Python thread of this process runs."""
+    import ctypes  # noqa: PLC0415
+
+    hold = ctypes.PyDLL(None)  # PyDLL, unlike CDLL, keeps the GIL during the call
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        hold.usleep(200_000)
+    return seconds

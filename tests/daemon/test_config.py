@@ -44,7 +44,8 @@ def test_layering_file_then_env_then_flags(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"workers": 0}, "workers"),
+        ({"workers": -1}, "workers"),
+        ({"heartbeat": 2.0, "heartbeat_expiry": 1.0}, "heartbeat_expiry"),
         ({"journal_sync": "sometimes"}, "journal_sync"),
         ({"max_message_bytes": 10}, "max_message_bytes"),
         ({"retries": -1}, "retries"),
