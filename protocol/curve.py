@@ -31,14 +31,19 @@ def use_curve(
         server_key: the daemon's public ``NAME.key`` file.
 
     Raises:
-        ValueError: only one of the two is given, or a file is missing or not a key.
+        ValueError: only one of the two is given, a file is missing or not a key,
+            or the secret key file is readable by group or others.
     """
     if secret_key is None and server_key is None:
         return False
     if secret_key is None or server_key is None:
         raise ValueError("CURVE needs both secret_key (yours) and server_key (the daemon's)")
+    secret_path = Path(secret_key)
     try:
-        public, secret = zmq.auth.load_certificate(Path(secret_key))
+        if secret_path.stat().st_mode & 0o077:
+            # As ssh does: a secret others can read is no longer a secret.
+            raise ValueError(f"{secret_path} is readable by others; chmod 600 it")
+        public, secret = zmq.auth.load_certificate(secret_path)
         server_public, _ = zmq.auth.load_certificate(Path(server_key))
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot load CURVE keys: {exc}") from exc
