@@ -135,7 +135,7 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "ipc: round-trip latency and echo bandwidth of each IPC mechanism in docs/ipc.md "
             "(multiprocessing Queue, Pipe, Manager, shared_memory, pickle 5, ZeroMQ over "
             "ipc:// and tcp://), each against one peer process in a fresh child. A full run "
-            "takes a few minutes; --quick a few seconds."
+            "takes about a minute; --quick a few seconds."
         ),
     )
     p.add_argument("kind", choices=["ipc"], help="what to measure")
