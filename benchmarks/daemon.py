@@ -7,6 +7,8 @@
    3 latency  one submit(notify) at a time ──▶ its reply ──▶ its task_done event
         floor the same DEALER ping-pong, same bytes, against a bare ROUTER echo (a subprocess)
    4 ceiling  benchmarks.journal.commit_ceiling: one INSERT per COMMIT, synchronous=FULL
+   5 remote   2 and 3 again, with the tasks run by one `pipework worker` instead:
+              pipework serve --workers 0 ◀──tcp://127.0.0.1 + CURVE, or ipc://──▶ worker --slots W
 ```
 
 Every cell starts its own daemon (``python -m service.cli serve --workers W
@@ -34,10 +36,26 @@ Python client sends: compact JSON with a fresh uuid4 ``key`` per submit.
 4. **commit ceiling**: what a server that commits each task alone could
    accept, measured with ``benchmarks.journal.commit_ceiling`` in the same
    directory (file system) as the daemons' journals.
+5. **remote workers**: the daemon runs no workers of its own (``--workers
+   0``); one remote worker (``python -m service.cli worker --slots W``, as
+   many slots as the local cells have workers) connects to its
+   ``--workers-endpoint`` over ``tcp://127.0.0.1`` with CURVE (key pairs
+   made by ``service.keys.generate`` in the cell's private directory, the
+   worker's public key alone in the allow-list directory), or over an
+   ``ipc://`` socket without CURVE: the two together separate the cost of
+   the extra hop from that of ``tcp://`` with CURVE (the daemon requires
+   CURVE on every ``tcp://`` endpoint, so those two are not split). Each
+   link gets one daemon and one worker, which answer end to end (2) and then
+   round trip (3), journal off; the table gives each as a ratio to the same
+   measurement on the daemon's own workers (journal off: the journal costs
+   the same wherever tasks run, and would hide the link's share). The worker
+   is stopped before its daemon, the same way (SIGTERM, bounded wait,
+   SIGKILL by pid).
 
 Where the CPU went: ``psutil`` CPU time (user + system) of the daemon
-process, of its descendants (workers, fork server) and of this client, over
-each measured phase, as a percentage of one core.
+process, of its descendants (workers, fork server), of the remote worker
+and its pool (remote cells), and of this client, over each measured phase,
+as a percentage of one core.
 
 Run: ``python -m benchmarks.daemon [--quick] [--n N] [--workers 2] [--out PATH]``;
 results go to ``benchmarks/results/daemon.json`` by default.
@@ -52,6 +70,7 @@ import dataclasses
 import json
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -80,8 +99,11 @@ from benchmarks.common import (
     project_root,
 )
 from benchmarks.journal import commit_ceiling
+from service.keys import generate
 
 JournalMode = Literal["off", "full", "normal"]
+Placement = Literal["local", "tcp+curve", "ipc"]
+"""Where a cell's tasks run: the daemon's own workers, or one remote worker over that link."""
 
 WINDOW = 256
 """Submits a pipelined client keeps unanswered."""
@@ -131,7 +153,9 @@ class _Server:
         return []
 
 
-def _daemon_command(endpoint: str, workdir: Path, workers: int, journal: JournalMode) -> list[str]:
+def _daemon_command(
+    endpoint: str, workdir: Path, workers: int, journal: JournalMode, extra: Sequence[str] = ()
+) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -147,15 +171,81 @@ def _daemon_command(endpoint: str, workdir: Path, workers: int, journal: Journal
         "warning",
         "--drain-timeout",
         str(DRAIN_TIMEOUT),
+        *extra,
     ]
     if journal == "off":
         return [*cmd, "--no-journal"]
     return [*cmd, "--journal", str(workdir / "j.sqlite3"), "--journal-sync", journal]
 
 
-def _spawn(cmd: Sequence[str], endpoint: str, workdir: Path) -> _Server:
-    """Start ``cmd`` from the project root, in its own session, logging to a file in ``workdir``."""
-    log_path = workdir / "server.log"
+@dataclasses.dataclass(frozen=True)
+class _Link:
+    """How a cell's remote worker reaches its daemon: the flags each side gets."""
+
+    endpoint: str
+    daemon_flags: list[str]
+    worker_command: list[str]
+
+
+def _free_tcp_port() -> int:
+    """A loopback port nothing listens on now (the daemon binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _link(placement: Placement, workdir: Path, slots: int) -> _Link:
+    """The worker endpoint, CURVE keys (tcp+curve) and worker command for a remote cell.
+
+    For tcp+CURVE, key pairs for the daemon and the worker go to ``workdir/keys``
+    (``service.keys.generate``: 0700 directory, 0600 secrets), and the worker's
+    public key alone to the allow-list directory ``workdir/allow``.
+    """
+    worker = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "worker",
+        "--tasks",
+        "service.example_tasks",
+        "--slots",
+        str(slots),
+        "--log-level",
+        "warning",
+        "--log-format",
+        "json",
+    ]
+    if placement == "ipc":
+        endpoint = f"ipc://{workdir}/w.sock"
+        return _Link(endpoint, ["--workers-endpoint", endpoint], [*worker, "--connect", endpoint])
+    endpoint = f"tcp://127.0.0.1:{_free_tcp_port()}"
+    keys, allow = workdir / "keys", workdir / "allow"
+    _, daemon_secret = generate(keys, "daemon")
+    worker_public, worker_secret = generate(keys, "worker")
+    allow.mkdir(mode=0o700)
+    shutil.copy(worker_public, allow / worker_public.name)
+    daemon_flags = [
+        "--workers-endpoint",
+        endpoint,
+        "--curve-secret-key",
+        str(daemon_secret),
+        "--curve-allow-dir",
+        str(allow),
+    ]
+    worker_flags = [
+        "--connect",
+        endpoint,
+        "--secret-key",
+        str(worker_secret),
+        "--server-key",
+        str(keys / "daemon.key"),
+    ]
+    return _Link(endpoint, daemon_flags, [*worker, *worker_flags])
+
+
+def _spawn(cmd: Sequence[str], endpoint: str, workdir: Path, log_name: str) -> _Server:
+    """Start ``cmd`` from the project root, in its own session, logging to ``workdir/log_name``."""
+    log_path = workdir / log_name
     with log_path.open("wb") as log:
         # Its own session: a Ctrl-C at the terminal reaches only us, and we stop it in order.
         proc = subprocess.Popen(
@@ -216,11 +306,14 @@ def _alive(proc: psutil.Process) -> bool:
 
 @contextlib.contextmanager
 def _serving(
-    cmd: Sequence[str], endpoint: str, workdir: Path, record: JSONDict
+    cmd: Sequence[str], endpoint: str, workdir: Path, record: JSONDict, log_name: str = "server.log"
 ) -> Iterator[_Server]:
-    """Run a server for the ``with`` block; how it stopped and what it logged go in ``record``."""
-    workdir.mkdir(mode=0o700)  # the daemon refuses an ipc directory others can enter
-    server = _spawn(cmd, endpoint, workdir)
+    """Run a server for the ``with`` block; how it stopped and what it logged go in ``record``.
+
+    ``workdir`` must exist already (mode 0700: the daemon refuses an ipc
+    directory others can enter).
+    """
+    server = _spawn(cmd, endpoint, workdir, log_name)
     try:
         yield server
     finally:
@@ -381,17 +474,52 @@ def _wait_ready(server: _Server, dealer: _Dealer) -> float:
     """Send ``stats`` every 100 ms until something answers; the seconds it took."""
     started = time.perf_counter()
     deadline = started + READY_TIMEOUT
+    probe = 0
     while time.perf_counter() < deadline:
         if server.proc.poll() is not None:
             tail = " | ".join(server.log_tail(3))
             raise _CellFailed(f"server exited {server.proc.returncode} before answering: {tail}")
-        dealer.send(json.dumps({"v": 1, "id": "ready", "op": "stats"}).encode())
-        if dealer.recv(0.1) is not None:
-            # Late answers to earlier probes would be taken for replies: let them arrive, drop them.
-            while dealer.recv(0.05) is not None:
-                pass
-            return time.perf_counter() - started
+        probe += 1
+        last = f"ready-{probe}"
+        dealer.send(json.dumps({"v": 1, "id": last, "op": "stats"}).encode())
+        answer = dealer.recv(0.1)
+        if answer is None:
+            continue
+        ready_s = time.perf_counter() - started
+        # The probes sent before the server listened were queued, and every one is
+        # answered, in order: take the answers up to the last probe's, or a late one
+        # would be taken for a reply to what the cell sends next (it was, on a busy
+        # machine, and put every round trip a message out of step).
+        while answer.get("id") != last:
+            answer = dealer.recv(GAP_TIMEOUT)
+            if answer is None:
+                raise _CellFailed(f"no answer to {last} within {GAP_TIMEOUT:g} s")
+        return ready_s
     raise _CellFailed(f"no answer to stats within {READY_TIMEOUT:g} s")
+
+
+def _wait_remote(server: _Server, worker: _Server, dealer: _Dealer, slots: int) -> float:
+    """Ask ``workers`` every 100 ms until the daemon lists ``slots`` remote slots; seconds taken."""
+    started = time.perf_counter()
+    deadline = started + READY_TIMEOUT
+    while time.perf_counter() < deadline:
+        for proc, what in ((server, "daemon"), (worker, "remote worker")):
+            if proc.proc.poll() is not None:
+                tail = " | ".join(proc.log_tail(3))
+                raise _CellFailed(
+                    f"{what} exited {proc.proc.returncode} before the session: {tail}"
+                )
+        request_id = f"w{dealer.next_id()}"
+        dealer.send(json.dumps({"v": 1, "id": request_id, "op": "workers"}).encode())
+        reply = dealer.recv(GAP_TIMEOUT)
+        if reply is None or reply.get("id") != request_id:
+            raise _CellFailed(f"no answer to workers (got {reply})")
+        remote = [w for w in reply.get("workers", []) if w.get("remote")]
+        if len(remote) >= slots:
+            return time.perf_counter() - started
+        time.sleep(0.1)
+    tail = " | ".join(worker.log_tail(3))
+    raise _CellFailed(f"the remote worker had no session after {READY_TIMEOUT:g} s: {tail}")
 
 
 def _pipeline(dealer: _Dealer, n: int, window: int, work: _Work, *, notify: bool) -> JSONDict:
@@ -441,7 +569,8 @@ def _round_trips(
     tally = _Tally(work)
     samples = []
     for _ in range(count):
-        body = body_of(dealer.next_id())
+        request_id = dealer.next_id()
+        body = body_of(request_id)
         started = time.perf_counter()
         dealer.send(body)
         got = []
@@ -451,6 +580,9 @@ def _round_trips(
                 raise _CellFailed(f"no answer within {GAP_TIMEOUT:g} s ({tally.as_json()})")
             got.append(message)
         samples.append(time.perf_counter() - started)
+        strays = [m for m in got if m.get("id") != str(request_id)]
+        if strays:
+            raise _CellFailed(f"a message out of step, so the timings would be wrong: {strays[0]}")
         for message in got:
             tally.take(message)
     return samples, tally
@@ -470,15 +602,21 @@ def _latency(samples: list[float], tally: _Tally) -> JSONDict:
 
 
 class _CpuMeter:
-    """CPU seconds (user + system) of a server, its descendants and this client, over a phase."""
+    """CPU seconds (user + system) of each part of a cell, over a phase.
 
-    def __init__(self, server: _Server) -> None:
+    The parts: a server, its descendants, a remote worker with its
+    descendants (remote cells), and this client.
+    """
+
+    def __init__(self, server: _Server, remote: _Server | None = None) -> None:
         self._server = psutil.Process(server.proc.pid)
+        self._remote = None if remote is None else psutil.Process(remote.proc.pid)
         self._client = psutil.Process()
         self._started = time.perf_counter()
         self._server0 = self._cpu(self._server)
         self._client0 = self._cpu(self._client)
-        self._kids0 = {p.pid: (p, self._cpu(p)) for p in self._children()}
+        self._kids0 = {p.pid: (p, self._cpu(p)) for p in self._children(self._server)}
+        self._remote0 = {p.pid: self._cpu(p) for p in self._tree(self._remote)}
 
     @staticmethod
     def _cpu(proc: psutil.Process) -> float:
@@ -487,23 +625,33 @@ class _CpuMeter:
             return float(times.user + times.system)
         return 0.0
 
-    def _children(self) -> list[psutil.Process]:
+    @staticmethod
+    def _children(proc: psutil.Process) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error):
-            return list(self._server.children(recursive=True))
+            return list(proc.children(recursive=True))
         return []
+
+    def _tree(self, proc: psutil.Process | None) -> list[psutil.Process]:
+        return [] if proc is None else [proc, *self._children(proc)]
 
     def read(self) -> JSONDict:
         """Percent of one core each used since the meter started (descendants: summed)."""
         wall = time.perf_counter() - self._started
         kids = 0.0
-        now_kids = {p.pid: p for p in self._children()}
+        now_kids = {p.pid: p for p in self._children(self._server)}
         for pid, proc in now_kids.items():
             before = self._kids0.get(pid)
             kids += self._cpu(proc) - (before[1] if before else 0.0)
+        remote = [
+            (p, self._cpu(p) - self._remote0.get(p.pid, 0.0)) for p in self._tree(self._remote)
+        ]
         return {
             "wall_s": round(wall, 3),
             "server_pct": round((self._cpu(self._server) - self._server0) / wall * 100, 1),
             "descendants_pct": round(kids / wall * 100, 1),
+            "remote_pct": (
+                None if self._remote is None else round(sum(c for _, c in remote) / wall * 100, 1)
+            ),
             "client_pct": round((self._cpu(self._client) - self._client0) / wall * 100, 1),
             "descendants": len(now_kids),
         }
@@ -529,16 +677,50 @@ def _on_daemon(
     plan: _Plan,
     journal: JournalMode,
     measure: Callable[[_Dealer], JSONDict],
+    placement: Placement = "local",
 ) -> JSONDict:
-    """Start a fresh daemon, warm it up, ``measure`` it, stop it; the cell's record."""
+    """Start a fresh daemon (and its remote worker), warm up, ``measure``, stop; the record.
+
+    With a remote ``placement`` the daemon runs no workers of its own, and one
+    remote worker with ``plan.workers`` slots connects over that link; the
+    worker is stopped first (its record goes under ``remote_worker``).
+    """
     workdir = root / name
+    workdir.mkdir(mode=0o700)  # the daemon refuses an ipc directory others can enter
     endpoint = f"ipc://{workdir}/d.sock"
-    record: JSONDict = {"cell": name, "journal": journal, "status": "error", "error": None}
-    cmd = _daemon_command(endpoint, workdir, plan.workers, journal)
-    with _serving(cmd, endpoint, workdir, record) as server:
+    record: JSONDict = {
+        "cell": name,
+        "journal": journal,
+        "placement": placement,
+        "status": "error",
+        "error": None,
+    }
+    link = None if placement == "local" else _link(placement, workdir, plan.workers)
+    if link is None:
+        cmd = _daemon_command(endpoint, workdir, plan.workers, journal)
+    else:
+        cmd = _daemon_command(endpoint, workdir, 0, journal, link.daemon_flags)
+    with contextlib.ExitStack() as stack:
+        # Unwound in reverse: the client closes, the remote worker stops, then the daemon.
+        server = stack.enter_context(_serving(cmd, endpoint, workdir, record))
+        remote = None
+        if link is not None:
+            record["remote_worker"] = {"command": link.worker_command}
+            remote = stack.enter_context(
+                _serving(
+                    link.worker_command,
+                    link.endpoint,
+                    workdir,
+                    record["remote_worker"],
+                    "worker.log",
+                )
+            )
         dealer = _Dealer(endpoint)
+        stack.callback(dealer.close)
         try:
             record["ready_s"] = round(_wait_ready(server, dealer), 3)
+            if remote is not None:
+                record["session_s"] = round(_wait_remote(server, remote, dealer, plan.workers), 3)
             warm_started = time.perf_counter()
             _, warm = _round_trips(
                 dealer, WARM_UP_TRIPS, lambda i: _submit_body(i, ADD, notify=True), 2, ADD
@@ -547,10 +729,14 @@ def _on_daemon(
             if warm.errors or warm.bad_events:
                 raise _CellFailed(f"warm-up failed: {warm.as_json()}")
             server.remember_descendants()
-            meter = _CpuMeter(server)
+            if remote is not None:
+                remote.remember_descendants()
+            meter = _CpuMeter(server, remote)
             record.update(measure(dealer))
             record["cpu"] = meter.read()
             server.remember_descendants()
+            if remote is not None:
+                remote.remember_descendants()
             dealer.send(json.dumps({"v": 1, "id": "stats", "op": "stats"}).encode())
             stats = dealer.recv(GAP_TIMEOUT)
             record["stats"] = None if stats is None else stats.get("stats")
@@ -562,8 +748,6 @@ def _on_daemon(
                 )
         except _CellFailed as exc:
             record["error"] = str(exc)
-        finally:
-            dealer.close()
     return record
 
 
@@ -585,12 +769,34 @@ def _one_at_a_time(plan: _Plan) -> Callable[[_Dealer], JSONDict]:
     return measure
 
 
+def _end_to_end_and_round_trip(plan: _Plan) -> Callable[[_Dealer], JSONDict]:
+    """Both on one daemon: a remote worker's start-up and session are paid once per link."""
+
+    def measure(dealer: _Dealer) -> JSONDict:
+        e2e = _end_to_end(plan)(dealer)
+        trips = _one_at_a_time(plan)(dealer)
+        errors: collections.Counter[str] = collections.Counter(e2e["errors"])
+        errors.update(trips["errors"])
+        return {
+            "tasks_per_s": e2e["tasks_per_s"],
+            "p50_ms": trips["p50_ms"],
+            "p99_ms": trips["p99_ms"],
+            "errors": dict(errors),
+            "bad_events": e2e["bad_events"] + trips["bad_events"],
+            "e2e": e2e,
+            "round_trip": trips,
+        }
+
+    return measure
+
+
 def _floor(root: Path, plan: _Plan) -> JSONDict:
     """The same ping-pong against a bare ROUTER echo server in a subprocess."""
     workdir = root / "floor"
     endpoint = f"ipc://{workdir}/e.sock"
     record: JSONDict = {"cell": "floor", "journal": None, "status": "error", "error": None}
     cmd = [sys.executable, "-m", "benchmarks.daemon", "--echo-server", endpoint]
+    workdir.mkdir(mode=0o700)
     with _serving(cmd, endpoint, workdir, record) as server:
         dealer = _Dealer(endpoint)
         try:
@@ -615,11 +821,26 @@ def _floor(root: Path, plan: _Plan) -> JSONDict:
 # -- the report -----------------------------------------------------------------------------
 
 
+REMOTE_CELLS: tuple[tuple[str, Placement, str], ...] = (
+    ("remote-tcp-curve", "tcp+curve", "remote worker, tcp://127.0.0.1 + CURVE"),
+    ("remote-ipc", "ipc", "remote worker, ipc://, no CURVE"),
+)
+"""The remote cells: name, link, and the setting the table shows."""
+
+
 def _rows(cells: dict[str, JSONDict], ceiling: JSONDict, plan: _Plan) -> list[JSONDict]:
-    """The table's rows: what, setting, value, unit, and the ratio to a floor where one exists."""
+    """The table's rows: what, setting, value, unit, and its ratio to a reference where one exists.
+
+    The references: the SQLite commit ceiling for durable accepts, the bare
+    zmq ping-pong for local round trips, and the daemon's own workers
+    (journal off) for the remote cells.
+    """
     rows: list[JSONDict] = []
-    floor = cells["floor"]
     ceiling_rate = ceiling["commits_per_s"]
+
+    def ok_value(cell: str, field: str) -> float | None:
+        record = cells[cell]
+        return record.get(field) if record["status"] == "ok" else None
 
     def add(
         what: str,
@@ -627,12 +848,11 @@ def _rows(cells: dict[str, JSONDict], ceiling: JSONDict, plan: _Plan) -> list[JS
         cell: str,
         field: str,
         unit: str,
-        floor_value: float | None = None,
-        floor_name: str | None = None,
+        reference: float | None = None,
+        versus: str | None = None,
     ) -> None:
-        record = cells[cell]
-        value = record.get(field) if record["status"] == "ok" else None
-        ratio = None if value is None or not floor_value else value / floor_value
+        value = ok_value(cell, field)
+        ratio = None if value is None or not reference else value / reference
         rows.append(
             {
                 "what": what,
@@ -640,8 +860,8 @@ def _rows(cells: dict[str, JSONDict], ceiling: JSONDict, plan: _Plan) -> list[JS
                 "cell": cell,
                 "value": value,
                 "unit": unit,
-                "vs_floor": ratio,
-                "floor": floor_name if ratio is not None else None,
+                "ratio": ratio,
+                "versus": versus if ratio is not None else None,
             }
         )
 
@@ -660,14 +880,37 @@ def _rows(cells: dict[str, JSONDict], ceiling: JSONDict, plan: _Plan) -> list[JS
     e2e = f"end to end: {plan.n:,} `add` with notify, to last task_done"
     add(e2e, "journal full", "e2e-full", "tasks_per_s", "tasks/s")
     add(e2e, "journal off", "e2e-off", "tasks_per_s", "tasks/s")
-    floor_p50 = floor.get("p50_ms") if floor["status"] == "ok" else None
-    floor_p99 = floor.get("p99_ms") if floor["status"] == "ok" else None
+    local = f"{plan.workers} local workers, journal off"
+    for cell, _, setting in REMOTE_CELLS:
+        add(
+            e2e,
+            f"{setting} ({plan.workers} slots), journal off",
+            cell,
+            "tasks_per_s",
+            "tasks/s",
+            ok_value("e2e-off", "tasks_per_s"),
+            local,
+        )
+    floor_p50 = ok_value("floor", "p50_ms")
+    floor_p99 = ok_value("floor", "p99_ms")
     trip = "round trip: submit(notify) → reply → task_done"
     for journal in ("full", "off"):
         cell = f"latency-{journal}"
         add(f"{trip}, p50", f"journal {journal}", cell, "p50_ms", "ms", floor_p50, "zmq floor p50")
         add(f"{trip}, p99", f"journal {journal}", cell, "p99_ms", "ms", floor_p99, "zmq floor p99")
-    size = f"{floor.get('bytes', '?')} B JSON echoed"
+    for pct in ("p50", "p99"):
+        field = f"{pct}_ms"
+        for cell, _, setting in REMOTE_CELLS:
+            add(
+                f"{trip}, {pct}",
+                f"{setting} ({plan.workers} slots), journal off",
+                cell,
+                field,
+                "ms",
+                ok_value("latency-off", field),
+                local,
+            )
+    size = f"{cells['floor'].get('bytes', '?')} B JSON echoed"
     add("zmq DEALER/ROUTER ping-pong (floor), p50", size, "floor", "p50_ms", "ms")
     add("zmq DEALER/ROUTER ping-pong (floor), p99", size, "floor", "p99_ms", "ms")
     rows.append(
@@ -677,8 +920,8 @@ def _rows(cells: dict[str, JSONDict], ceiling: JSONDict, plan: _Plan) -> list[JS
             "cell": "ceiling",
             "value": ceiling_rate,
             "unit": "commits/s",
-            "vs_floor": None,
-            "floor": None,
+            "ratio": None,
+            "versus": None,
         }
     )
     return rows
@@ -704,19 +947,20 @@ def render(result: JSONDict) -> str:
         f"{plan['trips']} round trips; journal on {result['filesystem'] or 'unknown'}, "
         f"SQLite {result['sqlite_version']})",
         "",
-        "| what | setting | value | unit | vs floor |",
+        "| what | setting | value | unit | compared with |",
         "|---|---|---:|---|---|",
     ]
     for row in result["rows"]:
-        vs = "—" if row["vs_floor"] is None else f"{row['vs_floor']:.2f}x {row['floor']}"
+        vs = "—" if row["ratio"] is None else f"{row['ratio']:.2f}x {row['versus']}"
         lines.append(f"| {row['what']} | {row['setting']} | {_value(row)} | {row['unit']} | {vs} |")
     lines += [
         "",
-        "Where the CPU went during each measured phase (% of one core; "
-        "descendants = workers + fork server):",
+        "Where the CPU went during each measured phase (% of one core; descendants = the "
+        "daemon's workers + fork server; remote = the remote worker, its pool and fork server):",
         "",
-        "| cell | wall s | server % | descendants % | client % | log lines | exit | stop s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| cell | wall s | server % | descendants % | remote % | client % | log lines | exit "
+        "| stop s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for cell in result["cells"]:
@@ -726,6 +970,7 @@ def render(result: JSONDict) -> str:
         lines.append(
             f"| {cell['cell']} | {fmt(cpu.get('wall_s'), '.2f')} "
             f"| {fmt(cpu.get('server_pct'), '.0f')} | {fmt(cpu.get('descendants_pct'), '.0f')} "
+            f"| {fmt(cpu.get('remote_pct'), '.0f')} "
             f"| {fmt(cpu.get('client_pct'), '.0f')} | {fmt(log.get('lines'), 'd')} "
             f"| {_exit_text(stop.get('exitcode'))} | {fmt(stop.get('stop_s'), '.2f')} |"
         )
@@ -735,6 +980,18 @@ def render(result: JSONDict) -> str:
             notes.append(f"- {cell['cell']} logged: {log['events']}")
         if stop.get("sigkilled") or stop.get("leftovers_killed"):
             notes.append(f"- {cell['cell']}: stop needed SIGKILL ({stop})")
+        worker = cell.get("remote_worker")
+        if worker is not None:
+            wstop = worker.get("stop") or {}
+            wlog = worker.get("log") or {}
+            if wlog.get("lines"):
+                notes.append(f"- {cell['cell']} remote worker logged: {wlog['events']}")
+            if (
+                wstop.get("exitcode") != 0
+                or wstop.get("sigkilled")
+                or wstop.get("leftovers_killed")
+            ):
+                notes.append(f"- {cell['cell']}: remote worker stop: {wstop}")
     if notes:
         lines += ["", "Notes:", *notes]
     lines += ["", machine_line(result["machine"])]
@@ -757,11 +1014,18 @@ def run(plan: _Plan, root: Path) -> JSONDict:
         ("latency-off", "off", _one_at_a_time),
     ]
     cells: dict[str, JSONDict] = {}
-    progress = Progress(len(daemon_cells) + 2)
+    progress = Progress(len(daemon_cells) + len(REMOTE_CELLS) + 2)
     for name, journal, measure in daemon_cells:
         progress.start(f"{name} (fresh daemon, journal {journal})")
         started = time.perf_counter()
         cells[name] = _on_daemon(root, name, plan, journal, measure(plan))
+        progress.done(name, cells[name]["status"], time.perf_counter() - started)
+    for name, placement, _ in REMOTE_CELLS:
+        progress.start(f"{name} (fresh daemon --workers 0, one remote worker over {placement})")
+        started = time.perf_counter()
+        cells[name] = _on_daemon(
+            root, name, plan, "off", _end_to_end_and_round_trip(plan), placement
+        )
         progress.done(name, cells[name]["status"], time.perf_counter() - started)
     progress.start("floor (bare ROUTER echo server)")
     started = time.perf_counter()

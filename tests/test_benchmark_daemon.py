@@ -11,6 +11,7 @@ import contextlib
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -25,9 +26,12 @@ CELLS = {
     "e2e-off",
     "latency-full",
     "latency-off",
+    "remote-tcp-curve",
+    "remote-ipc",
     "floor",
     "ceiling",
 }
+REMOTE = {"remote-tcp-curve", "remote-ipc"}
 
 
 def _run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -62,10 +66,29 @@ def test_daemon_benchmark_smoke(tmp_path: Path) -> None:
     for row in rows:
         assert isinstance(row["value"], int | float), row
         assert row["value"] > 0, row
-        assert row["vs_floor"] is None or row["vs_floor"] > 0, row
+        assert row["ratio"] is None or row["ratio"] > 0, row
+    # Each remote cell gives end to end, p50 and p99, each as a ratio to the local workers'.
+    remote_rows = [row for row in rows if row["cell"] in REMOTE]
+    assert Counter(row["cell"] for row in remote_rows) == dict.fromkeys(REMOTE, 3)
+    for row in remote_rows:
+        assert row["ratio"] is not None, row
+        assert row["versus"].startswith("2 local workers"), row
     for cell in report["cells"]:
         assert cell["status"] == "ok", cell
         assert cell["stop"]["leftovers_killed"] == 0, cell
         assert not cell["stop"]["sigkilled"], cell
-    assert "| what | setting | value | unit | vs floor |" in done.stdout
+        if cell["cell"] in REMOTE:
+            assert cell["cpu"]["descendants"] == 0, cell  # --workers 0: the worker ran them all
+            assert cell["cpu"]["remote_pct"] > 0, cell
+            worker = cell["remote_worker"]
+            assert worker["stop"]["exitcode"] == 0, worker  # SIGTERM: bye, then exit 0
+            assert worker["stop"]["leftovers_killed"] == 0, worker
+            assert not worker["stop"]["sigkilled"], worker
+    commands = {
+        c["cell"]: c["remote_worker"]["command"] for c in report["cells"] if c["cell"] in REMOTE
+    }
+    assert "--secret-key" in commands["remote-tcp-curve"]
+    assert "--secret-key" not in commands["remote-ipc"]
+    assert "| what | setting | value | unit | compared with |" in done.stdout
+    assert "tcp://127.0.0.1 + CURVE" in done.stdout
     assert "Machine:" in done.stdout
