@@ -263,13 +263,22 @@ class Stats(_Lenient):
     finished: int
 
 
+class RemoteInfo(_Lenient):
+    """Where a remote worker slot is: its host, its process, its session."""
+
+    host: str
+    pid: int
+    session: str
+
+
 class WorkerInfo(_Lenient):
-    """One worker process and the task it is running, if any."""
+    """One worker slot and the task it is running, if any (``remote`` for remote ones)."""
 
     pid: int
     task_id: str | None = None
     task: str | None = None
     since: float | None = None
+    remote: RemoteInfo | None = None
 
 
 # --- replies ----------------------------------------------------------------

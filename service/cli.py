@@ -157,7 +157,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Serve docs/protocol.md on a ZeroMQ ROUTER. With no flags: an ipc:// socket in a "
             "private runtime directory, the SQLite journal on, a worker per core, the example "
             "tasks. Settings come from defaults < --config TOML < PIPEWORK_* variables < flags. "
-            "SIGTERM/SIGINT drain (a second one stops at once); SIGHUP restarts the workers."
+            "SIGTERM/SIGINT drain (a second one stops at once); SIGHUP restarts the workers and "
+            "reloads the CURVE allow-list."
         ),
     )
     p.add_argument("--config", metavar="FILE", help="a TOML file of settings")

@@ -2,7 +2,7 @@
 
 Later sources win: defaults < TOML file < environment < command-line flags.
 Every field is one TOML key (``workers = 4``) and one variable
-(``PIPEWORK_WORKERS=4``). ``deploy/`` holds a commented example file.
+(``PIPEWORK_WORKERS=4``).
 """
 
 from __future__ import annotations

@@ -243,7 +243,8 @@ def workers(*, as_json: bool) -> Callable[[Client, TextIO], int]:
         else:
             for w in ws:
                 doing = f"{w.task} ({w.task_id})" if w.task_id else "idle"
-                out.write(f"{w.pid:>8}  {doing}\n")
+                where = f"{w.remote.host}:{w.remote.pid}" if w.remote else "local"
+                out.write(f"{w.pid:>8}  {where:<24}  {doing}\n")
         return EXIT_OK
 
     return action

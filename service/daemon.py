@@ -87,6 +87,7 @@ _MAX_SLEEP = 1.0
 # is disconnected, no reply): a hostile client cannot make us buffer gigabytes.
 _HARD_CAP_FACTOR = 8
 _Frames = list[bytes]
+_REVOKED = "\0revoked"  # the user of a CURVE peer whose key left the allow-list
 
 
 class DaemonError(Exception):
@@ -327,6 +328,13 @@ class Daemon:
 
     def close(self) -> None:
         """Requeue what still runs (it runs again on restart), commit, stop workers, unbind."""
+        if self._remotes is not None:
+            # They run again after the restart: stop them now, or a quick
+            # restart could run them twice at once.
+            for task_id, run in self._running.items():
+                if run.future is None:
+                    self._remotes.cancel(task_id)
+            self._remotes.flush()
         if self._journal is not None:
             for task_id in list(self._running):
                 self._journal.requeue(task_id, None)
@@ -483,8 +491,10 @@ class Daemon:
                     parts = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
                     assert self._curve is not None
                     key = parts[-1].get("User-Id")
-                    user = self._curve.allow.name_of(key if isinstance(key, str) else None)
-                    self._on_message([p.bytes for p in parts], user)
+                    name = self._curve.allow.name_of(key if isinstance(key, str) else None)
+                    # A key taken out of the allow-list (SIGHUP) keeps its open
+                    # connection: refuse its requests rather than trust it.
+                    self._on_message([p.bytes for p in parts], name or _REVOKED)
                 else:
                     self._on_message(self._router.recv_multipart(zmq.NOBLOCK), None)
             except zmq.Again:
@@ -503,6 +513,10 @@ class Daemon:
             return
         peer = _Peer(identity, delimiter, request.id, user)
         try:
+            if user == _REVOKED:
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN, "this client's key is no longer in the allow-list"
+                )
             reply = self._handle(request, peer)
         except ProtocolError as exc:
             reply = error_reply(request.id, exc.code, exc.message, exc.detail)

@@ -233,9 +233,14 @@ class RemoteWorker:
         self._wake()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: ``stop()``; a second one exits at once (status 128 + signal)."""
+        """SIGTERM/SIGINT: ``stop()``; a second one exits at once (status 128 + signal).
+
+        SIGHUP is ignored: an operator's reload (or a closed terminal) must not
+        kill the tasks a remote worker runs.
+        """
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self._signalled:

@@ -105,7 +105,10 @@ class RemoteWorkers:
         self._heartbeat = heartbeat
         self._expiry = expiry
         self._max_bytes = max_bytes
-        self._sessions: dict[bytes, Session] = {}
+        # By session id, not by ROUTER identity: libzmq gives a reconnected
+        # TCP connection a new identity, and a session must survive that.
+        self._sessions: dict[str, Session] = {}
+        self._by_identity: dict[bytes, str] = {}
         self._out: list[list[bytes]] = []
 
     # -- what the daemon asks -------------------------------------------------------
@@ -256,13 +259,14 @@ class RemoteWorkers:
             _log.warning("bad message from a remote worker; dropped", error=str(exc))
             return
         now = time.monotonic()
-        session = self._sessions.get(identity)
         if isinstance(msg, Hello):
-            if session is not None:
-                self._end(session, events, "said hello again")
-            self._hello(identity, msg, now)
+            previous = self._sessions.get(self._by_identity.get(identity, ""))
+            if previous is not None:
+                self._end(previous, events, "said hello again")
+            self._hello(identity, msg, now, events)
             return
-        if session is None or msg.session != session.session:
+        session = self._sessions.get(msg.session)
+        if session is None:
             _log.info(
                 "message for a session that is not open; dropped",
                 type=msg.type,
@@ -270,6 +274,10 @@ class RemoteWorkers:
             )
             return
         session.heard = now
+        if identity != session.identity:  # the same session over a new connection
+            self._by_identity.pop(session.identity, None)
+            session.identity = identity
+            self._by_identity[identity] = session.session
         if isinstance(msg, Ready):
             session.credit = min(session.credit + msg.credit, session.slots - len(session.held))
         elif isinstance(msg, ResultMessage):
@@ -280,7 +288,7 @@ class RemoteWorkers:
         elif not isinstance(msg, Heartbeat):
             _log.warning("unexpected message from a remote worker", type=msg.type)
 
-    def _hello(self, identity: bytes, msg: Hello, now: float) -> None:
+    def _hello(self, identity: bytes, msg: Hello, now: float, events: list[RemoteEvent]) -> None:
         tasks = frozenset(msg.tasks) & self._registered
         session = Session(
             identity=identity,
@@ -301,7 +309,10 @@ class RemoteWorkers:
             )
             self._send(session, self._msg(session, "stop"))
             return
-        self._sessions[identity] = session
+        if msg.session in self._sessions:  # a worker reusing a live session id: replace it
+            self._end(self._sessions[msg.session], events, "reused its session id")
+        self._sessions[msg.session] = session
+        self._by_identity[identity] = msg.session
         self._send(
             session,
             self._msg(session, "welcome", heartbeat=self._heartbeat, expiry=self._expiry),
@@ -345,7 +356,9 @@ class RemoteWorkers:
         events.append(RemoteEvent(msg.task_id, msg.attempt, outcome, session.where))
 
     def _end(self, session: Session, events: list[RemoteEvent], why: str) -> None:
-        self._sessions.pop(session.identity, None)
+        self._sessions.pop(session.session, None)
+        if self._by_identity.get(session.identity) == session.session:
+            del self._by_identity[session.identity]
         for task_id, attempt in session.held.items():
             message = f"remote worker {session.where} {why} while running the task"
             events.append(
