@@ -50,6 +50,7 @@ def _serve(args: argparse.Namespace) -> int:
             workers_endpoint=args.workers_endpoint,
             curve_secret_key=args.curve_secret_key,
             curve_allow_dir=args.curve_allow_dir,
+            curve_worker_dir=args.curve_worker_dir,
             heartbeat=args.heartbeat,
             heartbeat_expiry=args.heartbeat_expiry,
             log_format=args.log_format,
@@ -184,6 +185,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--workers-endpoint", help="tcp://HOST:PORT where remote workers connect")
     p.add_argument("--curve-secret-key", metavar="FILE", help="the daemon's NAME.key_secret")
     p.add_argument("--curve-allow-dir", metavar="DIR", help="allowed public NAME.key files")
+    p.add_argument(
+        "--curve-worker-dir", metavar="DIR", help="public keys allowed as remote workers"
+    )
     p.add_argument("--heartbeat", type=float, metavar="S", help="remote heartbeat interval (1)")
     p.add_argument(
         "--heartbeat-expiry", type=float, metavar="S", help="remote silence before loss (10)"

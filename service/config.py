@@ -83,6 +83,10 @@ class DaemonSettings(BaseSettings):
     curve_allow_dir: Path | None = Field(
         default=None, description="directory of the public keys (NAME.key) allowed in"
     )
+    curve_worker_dir: Path | None = Field(
+        default=None,
+        description="public keys allowed to connect as remote workers (default: curve_allow_dir)",
+    )
     client_tasks: dict[str, list[str]] = Field(
         default_factory=dict, description="key name -> task names that key may submit"
     )

@@ -69,7 +69,7 @@ from service.logs import get_logger
 from service.outcomes import Outcome, canonical_json, outcome_of
 from service.registry import load_tasks
 from service.remotes import RemoteEvent, RemoteWorkers
-from service.security import CurveServer, SecurityError, needs_curve
+from service.security import CLIENTS, WORKERS, CurveServer, SecurityError, needs_curve
 
 __all__ = ["Daemon", "DaemonError", "serve"]
 
@@ -256,9 +256,17 @@ class Daemon:
                     "`pipework keys generate DIR NAME` makes key pairs"
                 )
             try:
-                self._curve = CurveServer(self._ctx, s.curve_secret_key, s.curve_allow_dir)
+                self._curve = CurveServer(
+                    self._ctx, s.curve_secret_key, s.curve_allow_dir, s.curve_worker_dir
+                )
             except (SecurityError, OSError, ValueError) as exc:
                 raise DaemonError(str(exc)) from exc
+            if s.workers_endpoint and needs_curve(s.workers_endpoint) and not s.curve_worker_dir:
+                _log.warning(
+                    "clients and remote workers share one allow-list: any client key may "
+                    "connect as a worker and be sent task arguments; set curve_worker_dir",
+                    allow_dir=str(s.curve_allow_dir),
+                )
         try:
             self._journal = Journal(s.journal_path if s.journal else None, sync=s.journal_sync)
         except JournalError as exc:
@@ -275,10 +283,10 @@ class Daemon:
                 max_pending=max(16, 4 * s.workers),
                 shutdown_timeout=0.0,
             )
-        self._router = self._bind(s.endpoint)
+        self._router = self._bind(s.endpoint, CLIENTS)
         if s.workers_endpoint is not None:
             self._remotes = RemoteWorkers(
-                self._bind(s.workers_endpoint),
+                self._bind(s.workers_endpoint, WORKERS),
                 self._tasks,
                 s.heartbeat,
                 s.heartbeat_expiry,
@@ -296,7 +304,7 @@ class Daemon:
             pid=os.getpid(),
         )
 
-    def _bind(self, endpoint: str) -> zmq.Socket[Any]:
+    def _bind(self, endpoint: str, domain: str) -> zmq.Socket[Any]:
         assert self._ctx is not None
         sock: zmq.Socket[Any] = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
@@ -305,7 +313,7 @@ class Daemon:
         limit = self.settings.max_message_bytes
         sock.setsockopt(zmq.MAXMSGSIZE, max(_HARD_CAP_FACTOR * limit, 1 << 20))
         if self._curve is not None and needs_curve(endpoint):
-            self._monitors.append(self._curve.secure(sock))
+            self._monitors.append(self._curve.secure(sock, domain))
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -449,6 +457,8 @@ class Daemon:
                 if self._curve is not None:
                     try:
                         allowed = self._curve.allow.reload()
+                        if self._curve.workers is not self._curve.allow:
+                            allowed += self._curve.workers.reload()
                     except SecurityError as exc:
                         _log.error("allow-list not reloaded; the old one stays", error=str(exc))
                     else:

@@ -27,7 +27,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from service.logs import get_logger
 
-__all__ = ["AllowList", "CurveServer", "SecurityError", "needs_curve"]
+__all__ = ["CLIENTS", "WORKERS", "AllowList", "CurveServer", "SecurityError", "needs_curve"]
+
+CLIENTS = "clients"
+WORKERS = "workers"
 
 _log = get_logger("pipework.auth")
 
@@ -103,13 +106,21 @@ class CurveServer:
     Args:
         context: the daemon's ZeroMQ context.
         secret_key: the daemon's ``zmq.auth`` secret key file.
-        allow_dir: the directory of allowed public keys.
+        allow_dir: the directory of public keys allowed on the client endpoint.
+        worker_dir: the directory of public keys allowed to connect as remote
+            workers (they are sent task arguments); None: ``allow_dir``.
 
     Raises:
         SecurityError: a file is missing, not a secret key, or readable by others.
     """
 
-    def __init__(self, context: zmq.Context[Any], secret_key: Path, allow_dir: Path) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        secret_key: Path,
+        allow_dir: Path,
+        worker_dir: Path | None = None,
+    ) -> None:
         if not secret_key.is_file():
             raise SecurityError(f"curve_secret_key {secret_key} does not exist")
         if secret_key.stat().st_mode & 0o077:
@@ -122,15 +133,21 @@ class CurveServer:
         self.public_key = public
         self._secret = secret
         self.allow = AllowList(allow_dir)
+        self.workers = self.allow if worker_dir is None else AllowList(worker_dir)
         # ZAP must be running before any CURVE socket binds, or the first
-        # handshakes would be decided without it.
+        # handshakes would be decided without it. Each socket names its domain,
+        # so a client key cannot register as a worker (and receive task
+        # arguments) unless the worker list has it too.
         self._auth = ThreadAuthenticator(context, log=_ZapLog())
         self._auth.start()
-        self._auth.configure_curve_callback(domain="*", credentials_provider=self.allow)
+        self._auth.configure_curve_callback(domain=CLIENTS, credentials_provider=self.allow)
+        self._auth.configure_curve_callback(domain=WORKERS, credentials_provider=self.workers)
         self._monitors: list[zmq.Socket[Any]] = []
 
-    def secure(self, sock: zmq.Socket[Any]) -> zmq.Socket[Any]:
-        """Make ``sock`` a CURVE server (before bind); returns a monitor socket to poll."""
+    def secure(self, sock: zmq.Socket[Any], domain: str) -> zmq.Socket[Any]:
+        """Make ``sock`` a CURVE server for ``domain`` (``CLIENTS`` or ``WORKERS``) before
+        it binds; returns a monitor socket to poll for refused handshakes."""
+        sock.zap_domain = domain.encode()
         sock.curve_secretkey = self._secret
         sock.curve_publickey = self.public_key
         sock.curve_server = True

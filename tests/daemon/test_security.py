@@ -86,3 +86,58 @@ def test_a_key_removed_and_reloaded_is_refused_on_its_open_connection(curve_daem
         assert err.value.code == "forbidden"
     with client("alice") as alice:  # the others are untouched
         assert alice.stats().draining is False
+
+
+def _hello_answered(endpoint: str, secret: Path, server_public: Path) -> bool:
+    import json  # noqa: PLC0415
+
+    import zmq  # noqa: PLC0415
+
+    from protocol import use_curve  # noqa: PLC0415
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        use_curve(sock, secret, server_public)
+        sock.connect(endpoint)
+        hello = {
+            "v": 1,
+            "type": "hello",
+            "session": "s",
+            "slots": 1,
+            "host": "h",
+            "pid": 1,
+            "tasks": ["add"],
+        }
+        sock.send(json.dumps(hello).encode())
+        return bool(sock.poll(3000))
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def test_worker_keys_are_a_separate_list_from_client_keys(
+    daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    store, clients, workers = tmp_path / "keys", tmp_path / "clients", tmp_path / "workers"
+    clients.mkdir(mode=0o700)
+    workers.mkdir(mode=0o700)
+    server_public, server_secret = generate(store, "server")
+    alice_public, alice_secret = generate(store, "alice")
+    w1_public, w1_secret = generate(store, "w1")
+    shutil.copy(alice_public, clients / alice_public.name)
+    shutil.copy(w1_public, workers / w1_public.name)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    daemon(
+        "--workers-endpoint",
+        endpoint,
+        "--curve-secret-key",
+        str(server_secret),
+        "--curve-allow-dir",
+        str(clients),
+        "--curve-worker-dir",
+        str(workers),
+    )
+    assert not _hello_answered(endpoint, alice_secret, server_public)  # a client key
+    assert _hello_answered(endpoint, w1_secret, server_public)  # a worker key
