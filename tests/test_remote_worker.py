@@ -599,16 +599,19 @@ def test_heartbeats_go_out_while_a_task_holds_the_gil_in_c(fake: FakeDaemon) -> 
 
 def test_a_silent_daemon_is_left_and_greeted_again(fake: FakeDaemon, tmp_path: Path) -> None:
     worker = fake.start_worker()
-    s = fake.handshake(heartbeat=0.2, expiry=1.0, keepalive=False)
+    # The expiry must outlast the task's start (a pool process picking it up on
+    # a loaded machine), or the session is dropped before the task runs at all.
+    expiry = 3.0
+    s = fake.handshake(heartbeat=0.2, expiry=expiry, keepalive=False)
     silent_since = time.monotonic()  # the welcome was the daemon's last word
     s.task("t1", "announce", str(tmp_path / "pid"), 60)
     pid = read_pid(tmp_path / "pid")
     assert pid in worker.track()
-    ident, hello = fake.expect_hello(timeout=1.0 + BACKOFF_MAX + 5.0)
+    ident, hello = fake.expect_hello(timeout=expiry + BACKOFF_MAX + 5.0)
     assert hello["session"] != s.id
     assert ident != s.ident, "the new hello must come on a new socket"
     # Not before expiry (the task message was a sign of life too; a few ms of slack).
-    assert time.monotonic() - silent_since >= 0.9
+    assert time.monotonic() - silent_since >= expiry - 0.1
     assert gone(pid, 5.0), "the task of the lost session still runs"
     again = fake.handshake(first=(ident, hello))
     assert again.seen[0]["credit"] == 2  # nothing held any more
