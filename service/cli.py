@@ -3,7 +3,7 @@
 ```
 pipework serve     run the daemon (docs/protocol.md) on embedded defaults or a config
 pipework submit    enqueue a task            pipework result   wait for a task's outcome
-pipework status    a task's state            pipework cancel   cancel a task
+pipework status    the daemon, or a task     pipework cancel   cancel a task
 pipework list      recent tasks              pipework stats    the daemon's counters
 pipework workers   worker processes          pipework demo     a daemon and a client, end to end
 pipework worker    serve a daemon's tasks from another host (a remote worker)
@@ -55,6 +55,11 @@ def _serve(args: argparse.Namespace) -> int:
             heartbeat_expiry=args.heartbeat_expiry,
             log_format=args.log_format,
             log_level=args.log_level,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            status_port=args.status_port,
+            status_host=args.status_host,
+            status_public=args.status_public,
         )
     except ConfigError as exc:
         sys.stderr.write(f"pipework serve: {exc}\n")
@@ -90,7 +95,17 @@ def _client(args: argparse.Namespace) -> int:
             priority=args.priority,
             delay=args.delay,
         )
+    elif command == "status" and args.task_id is None:
+        from service import overview  # noqa: PLC0415
+
+        if args.watch is not None and not args.watch > 0:
+            sys.stderr.write("pipework status: --watch needs a number of seconds above 0\n")
+            return control.EXIT_USAGE
+        action = overview.overview(as_json=as_json, watch=args.watch)
     elif command == "status":
+        if args.watch is not None:
+            sys.stderr.write("pipework status: --watch redraws the overview; drop the task id\n")
+            return control.EXIT_USAGE
         action = control.status(args.task_id, as_json=as_json)
     elif command == "result":
         action = control.result(args.task_id, wait=args.wait, as_json=as_json)
@@ -194,6 +209,16 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--log-format", choices=["auto", "json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics (off)")
+    p.add_argument("--metrics-host", metavar="ADDR", help="address of the metrics (127.0.0.1)")
+    p.add_argument("--status-port", type=int, metavar="PORT", help="live status page (off)")
+    p.add_argument("--status-host", metavar="ADDR", help="address of the status page (127.0.0.1)")
+    p.add_argument(
+        "--status-public",
+        action="store_const",
+        const=True,
+        help="allow a --status-host that is not loopback: it shows errors and tracebacks",
+    )
     p.set_defaults(handler=_serve, journal=None)
 
 
@@ -242,9 +267,17 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--delay", type=float, default=0.0, metavar="S", help="start no sooner")
     p.add_argument("--wait", type=float, metavar="S", help="also wait this long for the result")
 
-    for name, text in (("status", "a task's state"), ("cancel", "cancel a task")):
-        c = commands.add_parser(name, parents=[common], help=text)
-        c.add_argument("task_id")
+    st = commands.add_parser(
+        "status",
+        parents=[common],
+        help="the daemon at a glance, or a task's state",
+        description="Without TASK_ID: the daemon at a glance (counters, workers and what each "
+        "runs, the newest failures); with it: that task's state.",
+    )
+    st.add_argument("task_id", nargs="?", help="a task id (default: the overview)")
+    st.add_argument("--watch", type=float, metavar="S", help="redraw the overview every S s")
+    c = commands.add_parser("cancel", parents=[common], help="cancel a task")
+    c.add_argument("task_id")
     r = commands.add_parser("result", parents=[common], help="wait for a task's outcome")
     r.add_argument("task_id")
     r.add_argument("--wait", type=float, default=30.0, metavar="S", help="how long (30)")

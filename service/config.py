@@ -98,6 +98,17 @@ class DaemonSettings(BaseSettings):
         default="auto", description="auto: console on a terminal, else JSON"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus metrics on this port; None: off"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address the metrics bind to")
+    status_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve the live status page here; None: off"
+    )
+    status_host: str = Field(default="127.0.0.1", description="address the status page binds to")
+    status_public: bool = Field(
+        default=False, description="allow a status_host other than loopback (see the docs first)"
+    )
 
     @model_validator(mode="after")
     def _expiry_after_heartbeat(self) -> DaemonSettings:
@@ -105,6 +116,21 @@ class DaemonSettings(BaseSettings):
             raise ValueError(
                 f"heartbeat_expiry ({self.heartbeat_expiry}) must be longer than heartbeat "
                 f"({self.heartbeat}), or every quiet moment would lose a remote worker"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _status_page_stays_local(self) -> DaemonSettings:
+        if self.status_port is None or self.status_public:
+            return self
+        from service.status import is_loopback  # noqa: PLC0415 - an HTTP server, when asked
+
+        if not is_loopback(self.status_host):
+            raise ValueError(
+                f"status_host {self.status_host!r} is not a loopback address: the status "
+                "page shows task names, error messages and tracebacks, which can hold "
+                "whatever tasks' arguments held, to anyone who reaches it, without "
+                "authentication; set status_public = true to serve it there anyway"
             )
         return self
 

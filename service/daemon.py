@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -66,10 +66,15 @@ from service.config import DaemonSettings
 from service.executor import WorkerService
 from service.journal import TERMINAL, Journal, JournalError, TaskRecord
 from service.logs import get_logger
+from service.notify import Notifier
 from service.outcomes import Outcome, canonical_json, outcome_of
 from service.registry import load_tasks
 from service.remotes import RemoteEvent, RemoteWorkers
 from service.security import CLIENTS, WORKERS, CurveServer, SecurityError, needs_curve
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics, MetricsServer
+    from service.status import StatusBoard, StatusServer
 
 __all__ = ["Daemon", "DaemonError", "serve"]
 
@@ -83,6 +88,10 @@ _BATCH = 256
 _PRUNE_EVERY = 60.0
 _PRUNE_BATCH = 2_000  # per pass: a pass must stay short, replies wait for it
 _MAX_SLEEP = 1.0
+_OBSERVE_EVERY = 0.25  # gauges and the status page's snapshot: at most this often
+# Startup waits this long at most for the local workers before READY=1 (the
+# unit's TimeoutStartSec= must be longer; deploy/pipework.service).
+_WORKERS_UP_TIMEOUT = 30.0
 # Bodies this far over max_message_bytes are cut off by libzmq itself (the peer
 # is disconnected, no reply): a hostile client cannot make us buffer gigabytes.
 _HARD_CAP_FACTOR = 8
@@ -231,6 +240,14 @@ class Daemon:
         self._accepted = 0
         self._finished = 0
         self._next_prune = 0.0
+        # Metrics and the status page (service.metrics, service.status): None when off.
+        self._metrics: Metrics | None = None
+        self._status: StatusBoard | None = None
+        self._http: list[MetricsServer | StatusServer] = []
+        self._next_observe = 0.0
+        # sd_notify (service.notify); unset so that workers cannot speak for us.
+        self._systemd = Notifier.from_environ(unset=True)
+        self._stop_status = "stopped"
 
     # -- start and stop -------------------------------------------------------------
 
@@ -292,6 +309,8 @@ class Daemon:
                 s.heartbeat_expiry,
                 s.max_message_bytes,
             )
+        self._start_observers()
+        up = self._await_workers()
         _log.info(
             "daemon ready",
             endpoint=s.endpoint,
@@ -303,6 +322,29 @@ class Daemon:
             recovered=len(recovered),
             pid=os.getpid(),
         )
+        workers = f"{up} workers" if up == s.workers else f"{up} of {s.workers} workers"
+        self._systemd.notify(
+            "READY=1", f"STATUS=serving at {s.endpoint}, {workers}, {len(recovered)} recovered"
+        )
+
+    def _await_workers(self) -> int:
+        """Wait (bounded) until the local pool has all its workers; return how many it has."""
+        if self._pool is None:
+            return 0
+        deadline = time.monotonic() + _WORKERS_UP_TIMEOUT
+        while True:
+            up = len(self._pool.worker_pids())
+            if up >= self.settings.workers or self._signals:
+                return up  # a stop signal during startup: stop waiting, the loop drains
+            if time.monotonic() >= deadline:
+                _log.warning(
+                    "not every worker started in time; serving anyway",
+                    workers=self.settings.workers,
+                    started=up,
+                    waited=_WORKERS_UP_TIMEOUT,
+                )
+                return up
+            time.sleep(0.01)
 
     def _bind(self, endpoint: str, domain: str) -> zmq.Socket[Any]:
         assert self._ctx is not None
@@ -334,8 +376,13 @@ class Daemon:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
 
+    def notify_stopped(self, how: str | None = None) -> None:
+        """Tell systemd (STATUS=) how the daemon stopped; a no-op outside systemd."""
+        self._systemd.status(how or self._stop_status)
+
     def close(self) -> None:
         """Requeue what still runs (it runs again on restart), commit, stop workers, unbind."""
+        self._stop_observers()
         if self._remotes is not None:
             # They run again after the restart: stop them now, or a quick
             # restart could run them twice at once.
@@ -390,7 +437,12 @@ class Daemon:
             poller.register(monitor, zmq.POLLIN)
         journal = self._journal
         while True:
+            # WATCHDOG=1 from this loop itself, so that a wedged loop stops
+            # pinging and systemd restarts it; no sleep outlasts the next ping.
+            ping_in = self._systemd.ping()
             timeout = self._sleep()
+            if ping_in is not None:
+                timeout = ping_in if timeout is None else min(timeout, ping_in)
             events = dict(poller.poll(None if timeout is None else int(timeout * 1000)))
             if self._wake_r in events:
                 with contextlib.suppress(BlockingIOError):
@@ -417,18 +469,29 @@ class Daemon:
                 # A full batch means more expired meanwhile: keep up a batch per
                 # pass rather than one batch a minute, or the file would grow.
                 self._next_prune = now + (0.0 if pruned == _PRUNE_BATCH else _PRUNE_EVERY)
-            journal.flush()
+            flushing = time.perf_counter()
+            if journal.flush() and self._metrics is not None:
+                self._metrics.committed(time.perf_counter() - flushing)
             self._send()
             if remotes is not None:
                 remotes.flush()
+            if self._http and time.monotonic() >= self._next_observe:
+                self._observe()
             if self._draining:
+                running, queued = len(self._running), len(self._queued)
+                self._systemd.status(f"draining: {running} running, {queued} queued")
                 if not self._running:
                     _log.info("drained", queued=len(self._queued))
+                    self._stop_status = f"stopped: drained, {queued} queued for the next start"
                     return
                 if time.monotonic() >= self._drain_deadline:
                     _log.warning(
                         "drain deadline passed; killing running tasks (they stay queued)",
                         running=len(self._running),
+                    )
+                    self._stop_status = (
+                        f"stopped: drain deadline passed, {running} running tasks killed "
+                        f"(they stay queued with {queued} more)"
                     )
                     return
 
@@ -453,6 +516,8 @@ class Daemon:
             if signum == signal.SIGHUP:
                 _log.info("SIGHUP: restarting workers, reloading the key allow-list")
                 if self._pool is not None:
+                    if self._metrics is not None:
+                        self._metrics.restarted("recycled", len(self._pool.worker_pids()))
                     self._pool.restart_workers()
                 if self._curve is not None:
                     try:
@@ -465,6 +530,10 @@ class Daemon:
                         _log.info("allow-list reloaded", keys=allowed)
             elif self._draining:
                 _log.warning("second stop signal: stopping now", signal=signal.Signals(signum).name)
+                self._stop_status = (
+                    f"stopped by a second signal: {len(self._running)} running tasks killed "
+                    f"(they stay queued with {len(self._queued)} more)"
+                )
                 return True
             else:
                 self._draining = True
@@ -476,6 +545,7 @@ class Daemon:
                     queued=len(self._queued),
                     deadline=self.settings.drain_timeout,
                 )
+                self._systemd.notify("STOPPING=1")
                 self._unstart_pending()
         return False
 
@@ -636,6 +706,8 @@ class Daemon:
             )
         )
         self._accepted += 1
+        if self._metrics is not None:
+            self._metrics.accepted(req.task)
         self._enqueue(rec, now)
         if req.notify:
             self._notify.setdefault(rec.task_id, []).append(peer)
@@ -701,14 +773,19 @@ class Daemon:
             return self._ok(req, cancelled=False, task=task_info(rec))
         run = self._running.get(rec.task_id)
         if run is not None and run.future is not None:
+            started = run.future.running()  # then cancel() kills its worker
             if not run.future.cancel():
                 # It finished while we looked: its completion is queued. Settle it now.
                 self._take_completions()
                 return self._ok(req, cancelled=False, task=task_info(self._get(rec.task_id)))
             self._pop_running(rec.task_id)
+            if started and self._metrics is not None:
+                self._metrics.restarted("cancelled")
         elif run is not None:
             assert self._remotes is not None
-            self._remotes.cancel(rec.task_id)  # its session may be gone: nothing to kill then
+            # Its session may be gone: nothing to kill then.
+            if self._remotes.cancel(rec.task_id) and self._metrics is not None:
+                self._metrics.restarted("cancelled")
             self._pop_running(rec.task_id)
         self._queued.discard(rec.task_id)
         error = {"type": "Cancelled", "message": "cancelled by a client", "traceback": ""}
@@ -857,6 +934,8 @@ class Daemon:
         assert self._journal is not None
         rec = replace(run.record, attempts=run.attempt)
         state = outcome.state
+        if self._metrics is not None:
+            self._metrics.run_ended(rec.name, state, time.time() - run.started_at)
         if state == "interrupted":  # the pool stopped under it: it runs again later
             self._journal.requeue(rec.task_id, None)
             return
@@ -927,6 +1006,17 @@ class Daemon:
             history_entry=history_entry,
         )
         self._finished += 1
+        if self._metrics is not None:
+            self._metrics.finished(rec.name, state)
+        if self._status is not None:
+            self._status.finished(
+                rec.task_id,
+                rec.name,
+                state,
+                attempts=rec.attempts,
+                finished_at=time.time(),
+                error_json=error_json,
+            )
         log = _log.debug if state == "done" else _log.info  # one line per task is noise
         log(
             "task finished",
@@ -970,6 +1060,58 @@ class Daemon:
                 # reply, as ROUTER does for an unknown peer. It can ask again.
                 _log.warning("client not reading; reply dropped")
 
+    # -- metrics and the status page ------------------------------------------------
+
+    def _start_observers(self) -> None:
+        """Serve the metrics and the status page, each if its port is set."""
+        s = self.settings
+        # Imported here: prometheus_client and http.server load only when asked for.
+        if s.metrics_port is not None:
+            from service.metrics import Metrics, MetricsServer  # noqa: PLC0415
+
+            self._metrics = Metrics(self._tasks)
+            try:
+                metrics = MetricsServer(self._metrics, s.metrics_host, s.metrics_port)
+            except OSError as exc:
+                raise DaemonError(
+                    f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}"
+                ) from exc
+            self._http.append(metrics)
+            _log.info("metrics serving", host=s.metrics_host, port=metrics.port)
+        if s.status_port is not None:
+            from service.status import StatusBoard, StatusServer  # noqa: PLC0415
+
+            self._status = StatusBoard(_VERSION, journal=s.journal)
+            self._observe()
+            try:
+                self._http.append(StatusServer(self._status, s.status_host, s.status_port))
+            except OSError as exc:
+                raise DaemonError(
+                    f"cannot serve the status page on {s.status_host}:{s.status_port}: {exc}"
+                ) from exc
+
+    def _stop_observers(self) -> None:
+        for server in self._http:
+            server.close()
+        self._http.clear()
+
+    def _observe(self) -> None:
+        """Set the gauges and publish the status page's snapshot (a few times a second)."""
+        self._next_observe = time.monotonic() + _OBSERVE_EVERY
+        queued, running = len(self._queued), len(self._running)
+        if self._metrics is not None:
+            sessions = 0 if self._remotes is None else len(self._remotes.sessions())
+            self._metrics.gauges(queued, running, sessions)
+        if self._status is not None:
+            self._status.publish(
+                queued=queued,
+                running=running,
+                accepted=self._accepted,
+                finished=self._finished,
+                draining=self._draining,
+                workers=self._workers(),
+            )
+
 
 def serve(settings: DaemonSettings) -> int:
     """Run a daemon in this process until it is told to stop; return the exit code.
@@ -984,14 +1126,17 @@ def serve(settings: DaemonSettings) -> int:
     except DaemonError as exc:
         _log.error("cannot start", error=str(exc))
         daemon.close()
+        daemon.notify_stopped(f"cannot start: {exc}")
         return 1
     try:
         daemon.run()
     except Exception:
         # A bug of ours: what was accepted is in the journal and runs after a restart.
         _log.exception("daemon failed; stopping")
+        daemon._stop_status = "failed (see the log); accepted tasks stay in the journal"
         return 1
     finally:
         daemon.close()
         _log.info("stopped")
+        daemon.notify_stopped()
     return 0

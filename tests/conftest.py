@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -114,3 +115,19 @@ def make_pool(transport: str) -> Iterator[Callable[..., WorkerService]]:
 def pool(make_pool: Callable[..., WorkerService]) -> WorkerService:
     """A two-worker pool on the parametrized transport."""
     return make_pool(2)
+
+
+# tests/daemon/test_status_page.py screenshots the status page here; CI keeps it.
+STATUS_PAGE_SHOT = Path(__file__).resolve().parent.parent / ".ci" / "artifacts" / "status-page.png"
+_SESSION_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the status page screenshot when this run made one (before the closing line)."""
+    try:
+        made = STATUS_PAGE_SHOT.stat().st_mtime >= _SESSION_STARTED
+    except OSError:
+        return
+    if made:
+        terminalreporter.write_sep("-", "artifacts")
+        terminalreporter.write_line(f"status page screenshot: {STATUS_PAGE_SHOT}")
