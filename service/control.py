@@ -80,6 +80,13 @@ def _describe(task: TaskInfo, out: TextIO) -> None:
         )
 
 
+def _show(task: TaskInfo, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        _print_json(task.model_dump(mode="json"), out)
+    else:
+        _describe(task, out)
+
+
 def _task_exit(task: TaskInfo) -> int:
     return EXIT_OK if task.state == "done" else EXIT_NOT_DONE
 
@@ -145,10 +152,7 @@ def submit(
                 out.write(f"{reply.task_id}  {reply.state}{dup}\n")
             return EXIT_OK
         info = client.result(reply.task_id, wait=wait)
-        if as_json:
-            _print_json(info.model_dump(mode="json"), out)
-        else:
-            _describe(info, out)
+        _show(info, as_json, out)
         return _task_exit(info)
 
     return action
@@ -159,10 +163,7 @@ def status(task_id: str, *, as_json: bool) -> Callable[[Client, TextIO], int]:
 
     def action(client: Client, out: TextIO) -> int:
         info = client.status(task_id)
-        if as_json:
-            _print_json(info.model_dump(mode="json"), out)
-        else:
-            _describe(info, out)
+        _show(info, as_json, out)
         return EXIT_OK
 
     return action
@@ -173,10 +174,7 @@ def result(task_id: str, *, wait: float, as_json: bool) -> Callable[[Client, Tex
 
     def action(client: Client, out: TextIO) -> int:
         info = client.result(task_id, wait=wait)
-        if as_json:
-            _print_json(info.model_dump(mode="json"), out)
-        else:
-            _describe(info, out)
+        _show(info, as_json, out)
         return _task_exit(info)
 
     return action
