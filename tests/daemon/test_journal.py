@@ -596,13 +596,20 @@ def test_lock_in_the_same_process(tmp_path: Path) -> None:
 def test_forked_child_does_not_keep_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     j = Journal(path)
+    started_r, started_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
+            os.write(started_w, b"x")  # the after-fork hooks have run by now
             time.sleep(30)
         finally:
             os._exit(0)
+    os.close(started_w)
     try:
+        # Wait for the child to be past fork: until then it may still hold its
+        # copy of the lock (a race that showed under load with -n 4).
+        assert os.read(started_r, 1) == b"x"
+        os.close(started_r)
         j.close()
         with Journal(path) as again:  # the child's inherited lock descriptor was closed
             assert again.path == str(path)
