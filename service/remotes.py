@@ -241,13 +241,6 @@ class RemoteWorkers:
             except zmq.ZMQError as exc:  # EHOSTUNREACH: it went away meanwhile
                 _log.info("remote worker gone; message dropped", error=str(exc))
 
-    def lose_all(self) -> list[RemoteEvent]:
-        """End every session (the daemon stops); return the runs they held."""
-        events: list[RemoteEvent] = []
-        for s in list(self._sessions.values()):
-            self._end(s, events, "daemon stopping")
-        return events
-
     # -- messages -------------------------------------------------------------------
 
     def _on_message(self, frames: list[bytes], events: list[RemoteEvent]) -> None:
