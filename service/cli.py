@@ -222,6 +222,22 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=_serve, journal=None)
 
 
+def _add_curve_keys(parser: argparse.ArgumentParser, secret_help: str) -> None:
+    """--secret-key / --server-key, defaulting to $PIPEWORK_SECRET_KEY / $PIPEWORK_SERVER_KEY."""
+    parser.add_argument(
+        "--secret-key",
+        default=os.environ.get("PIPEWORK_SECRET_KEY"),
+        metavar="FILE",
+        help=f"{secret_help} ($PIPEWORK_SECRET_KEY)",
+    )
+    parser.add_argument(
+        "--server-key",
+        default=os.environ.get("PIPEWORK_SERVER_KEY"),
+        metavar="FILE",
+        help="the daemon's public NAME.key ($PIPEWORK_SERVER_KEY)",
+    )
+
+
 def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -237,18 +253,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="seconds to wait for the daemon's reply (5)",
     )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    common.add_argument(
-        "--secret-key",
-        default=os.environ.get("PIPEWORK_SECRET_KEY"),
-        metavar="FILE",
-        help="your CURVE NAME.key_secret, for a tcp:// daemon ($PIPEWORK_SECRET_KEY)",
-    )
-    common.add_argument(
-        "--server-key",
-        default=os.environ.get("PIPEWORK_SERVER_KEY"),
-        metavar="FILE",
-        help="the daemon's public NAME.key ($PIPEWORK_SERVER_KEY)",
-    )
+    _add_curve_keys(common, "your CURVE NAME.key_secret, for a tcp:// daemon")
 
     p = commands.add_parser(
         "submit",
@@ -332,18 +337,7 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--slots", type=int, metavar="N", help="local worker processes (default: one per core)"
     )
-    p.add_argument(
-        "--secret-key",
-        default=os.environ.get("PIPEWORK_SECRET_KEY"),
-        metavar="FILE",
-        help="this worker's CURVE NAME.key_secret ($PIPEWORK_SECRET_KEY)",
-    )
-    p.add_argument(
-        "--server-key",
-        default=os.environ.get("PIPEWORK_SERVER_KEY"),
-        metavar="FILE",
-        help="the daemon's public NAME.key ($PIPEWORK_SERVER_KEY)",
-    )
+    _add_curve_keys(p, "this worker's CURVE NAME.key_secret")
     p.add_argument(
         "--exit-after",
         type=float,
