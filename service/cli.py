@@ -8,7 +8,7 @@ pipework list      recent tasks              pipework stats    the daemon's coun
 pipework workers   worker processes          pipework demo     a daemon and a client, end to end
 pipework worker    serve a daemon's tasks from another host (a remote worker)
 pipework keys      generate CURVE key pairs for tcp:// endpoints
-pipework bench     measure (ipc: docs/ipc.md's tables)
+pipework bench     measure: ipc (docs/ipc.md); pool, daemon vs peers (docs/performance.md)
 ```
 
 Each subcommand hands off to the module that does the work (``service.daemon``,
@@ -19,6 +19,7 @@ Each subcommand hands off to the module that does the work (``service.daemon``,
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -132,15 +133,20 @@ def _demo(args: argparse.Namespace) -> int:
     return daemon_demo.run()
 
 
+_BENCH_MODULES = {"ipc": "ipc", "pool": "pool", "daemon": "queues"}
+"""``pipework bench KIND`` runs ``benchmarks.<module>.run(quick=, docs=, json_path=)``."""
+
+
 def _bench(args: argparse.Namespace) -> int:
-    # Only "ipc" so far; each kind is a module of benchmarks/ with a run() of its own.
     try:
-        from benchmarks import ipc  # noqa: PLC0415 - measuring code loads only for `bench`
+        # Measuring code, and the peers it imports, load only for `bench`.
+        module = importlib.import_module(f"benchmarks.{_BENCH_MODULES[args.kind]}")
     except ImportError as exc:
         sys.stderr.write(f"pipework bench: the benchmarks package is not installed ({exc})\n")
         return 2
     json_path = None if args.json is None else Path(args.json)
-    return ipc.run(quick=args.quick, docs=args.write_docs, json_path=json_path)
+    code: int = module.run(quick=args.quick, docs=args.write_docs, json_path=json_path)
+    return code
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -150,16 +156,20 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "ipc: round-trip latency and echo bandwidth of each IPC mechanism in docs/ipc.md "
             "(multiprocessing Queue, Pipe, Manager, shared_memory, pickle 5, ZeroMQ over "
-            "ipc:// and tcp://), each against one peer process in a fresh child. A full run "
-            "takes about a minute; --quick a few seconds."
+            "ipc:// and tcp://), each against one peer process in a fresh child. "
+            "pool: WorkerService on each transport against ProcessPoolExecutor, "
+            "multiprocessing.Pool, loky, pebble and mpire and the raw floors "
+            "(docs/performance.md). daemon: pipework serve against the task queues people "
+            "run instead (docs/performance.md). --quick is a smoke run of a few seconds."
         ),
     )
-    p.add_argument("kind", choices=["ipc"], help="what to measure")
-    p.add_argument("--quick", action="store_true", help="few repetitions, 1 MiB only (a smoke run)")
+    p.add_argument("kind", choices=sorted(_BENCH_MODULES), help="what to measure")
+    p.add_argument("--quick", action="store_true", help="a smoke run: few repeats, small sizes")
     p.add_argument(
         "--write-docs",
         action="store_true",
-        help="also rewrite the generated tables of docs/ipc.md and docs/ipc.zh.md",
+        help="also rewrite the generated tables of the kind's docs (docs/ipc*.md, "
+        "docs/performance.md)",
     )
     p.add_argument("--json", metavar="FILE", help="also write every measurement here")
     p.set_defaults(handler=_bench)

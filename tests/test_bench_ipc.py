@@ -76,7 +76,7 @@ def test_write_docs_needs_the_docs_before_measuring(
 
 
 def test_bench_takes_a_known_kind_only(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "pool"]) == 2
+    assert main(["bench", "threads"]) == 2
     assert "invalid choice" in capsys.readouterr().err
 
 
