@@ -142,7 +142,7 @@ class Collector:
             except BaseException as err:  # a garbled ErrorInfo is still only this task's problem
                 exc = RemoteError(type(err).__name__, f"unreadable error report: {err}")
         task.payload = None
-        task.buffers = []
+        task.buffers = ()
         future = task.future
         if future is not None:
             future._pw_resolve(value, exc)

@@ -238,6 +238,7 @@ class WorkerService(Executor):
         self._submit_timeout = submit_timeout
         self._shutdown_timeout = shutdown_timeout
         self._ids = itertools.count(1)
+        self._cancel_hook = self._on_cancel  # one bound method for every future, not one each
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
 
@@ -307,8 +308,8 @@ class WorkerService(Executor):
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
         payload, buffers = _pickle_call(fn, args, kwargs)
-        task = Task(next(self._ids), payload, buffers, timeout, retries)
-        future: TaskFuture[T] = TaskFuture(task, self._on_cancel)
+        task = Task(next(self._ids), payload, buffers or (), timeout, retries)
+        future: TaskFuture[T] = TaskFuture(task, self._cancel_hook)
         task.future = future  # type: ignore[assignment]
         bounded = threading.get_ident() != self._collector.ident
         try:

@@ -1,20 +1,30 @@
-"""``TaskFuture``: a ``concurrent.futures.Future`` that can cancel a running task.
+"""``TaskFuture``: a slim ``concurrent.futures.Future`` that can cancel a running task.
 
-It differs from its base in two ways, both visible to users:
+It differs from its base in three ways, all visible to users:
 
 - ``cancel()`` also succeeds while the task runs: the worker running it is
   killed and replaced. Waiters (``wait``, ``as_completed``) hear of a
   cancellation at once, not when the dispatcher next looks.
 - A done-callback that raises is logged with the task id and swallowed, so
   one bad callback never stops the collector thread from resolving others.
+- It is small. A ``concurrent.futures.Future`` carries a ``Condition`` (an
+  RLock, bound methods, a waiter deque: ~1.9 KB), which is most of what a
+  pending task costs a pool. Here every future shares one module-level
+  ``RLock`` as its ``_condition``, ``result()`` waits on a waiter of its own
+  like ``concurrent.futures.wait`` does, and the waiter and callback lists
+  exist only once someone adds to them.
 
-It relies on the base class's ``_condition``, ``_state`` and ``_waiters``, as
-``concurrent.futures.wait`` and ``as_completed`` themselves do.
+``concurrent.futures.wait`` and ``as_completed`` keep working: they only
+acquire each future's ``_condition`` and add waiters to ``_waiters``; one
+shared reentrant lock makes their acquiring of many futures' locks trivially
+deadlock-free. The lock is held only to read or change a future's state, never
+while a callback runs.
 """
 
 from __future__ import annotations
 
 import concurrent.futures._base as _cf
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,12 +38,51 @@ __all__ = ["TaskFuture"]
 T = TypeVar("T")
 _log = get_logger("pipework.callbacks")
 
+_LOCK = threading.RLock()
+"""Guards the state of every TaskFuture (see the module docstring)."""
+_DONE = frozenset({_cf.CANCELLED, _cf.CANCELLED_AND_NOTIFIED, _cf.FINISHED})
+_CANCELLED = frozenset({_cf.CANCELLED, _cf.CANCELLED_AND_NOTIFIED})
+
+
+class _ResultWaiter:
+    """What ``result()`` and ``exception()`` block on: woken by any outcome."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def add_result(self, future: object) -> None:
+        self.event.set()
+
+    add_exception = add_cancelled = add_result
+
 
 class TaskFuture(_cf.Future[T]):
     """The future of one pipework task."""
 
+    __slots__ = (
+        "_callbacks",
+        "_exception",
+        "_pw_on_cancel",
+        "_pw_task",
+        "_result",
+        "_state",
+        "_waiter_list",
+        "task_id",
+        "worker_pid",
+    )
+
+    _condition = _LOCK  # type: ignore[assignment]
+
     def __init__(self, task: Task, on_cancel: Callable[[Task, bool], None]) -> None:
-        super().__init__()
+        # The base __init__ is not called on purpose: it builds the Condition
+        # and lists this class exists to avoid.
+        self._state = _cf.PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._callbacks: list[Callable[[_cf.Future[T]], object]] | None = None
+        self._waiter_list: list[Any] | None = None
         self._pw_task: Task | None = task
         self._pw_on_cancel = on_cancel
         self.task_id: int = task.id
@@ -41,8 +90,75 @@ class TaskFuture(_cf.Future[T]):
         self.worker_pid: int | None = None
         """The pid of the worker that last started the task (None until one has)."""
 
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        # concurrent.futures.wait/as_completed append here while holding _condition.
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
     def __repr__(self) -> str:
         return f"<TaskFuture task_id={self.task_id} state={self._state}>"
+
+    # -- reading --------------------------------------------------------------------
+
+    def cancelled(self) -> bool:
+        """True if the future was cancelled."""
+        return self._state in _CANCELLED
+
+    def running(self) -> bool:
+        """True if a worker has the task and it has not finished."""
+        return self._state == _cf.RUNNING
+
+    def done(self) -> bool:
+        """True if the future finished or was cancelled."""
+        return self._state in _DONE
+
+    def _wait(self, timeout: float | None) -> None:
+        """Block until done or ``timeout``; raise CancelledError/TimeoutError as cf does."""
+        if self._state not in _DONE:
+            waiter = _ResultWaiter()
+            with _LOCK:
+                if self._state not in _DONE:
+                    self._waiters.append(waiter)
+                else:
+                    waiter = None  # type: ignore[assignment]
+            if waiter is not None:
+                try:
+                    waiter.event.wait(timeout)
+                finally:
+                    with _LOCK:
+                        self._waiters.remove(waiter)
+        state = self._state
+        if state in _CANCELLED:
+            raise _cf.CancelledError()
+        if state != _cf.FINISHED:
+            raise TimeoutError()
+
+    def result(self, timeout: float | None = None) -> T:
+        """The task's return value, waiting up to ``timeout`` seconds.
+
+        Raises:
+            CancelledError: the future was cancelled.
+            TimeoutError: it did not finish in time.
+            Exception: whatever the task raised.
+        """
+        self._wait(timeout)
+        exc = self._exception
+        if exc is not None:
+            try:
+                raise exc
+            finally:
+                del self, exc  # break the traceback -> frame -> self cycle, as cf does
+        return self._result  # type: ignore[no-any-return]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the task raised (None if it returned), waiting up to ``timeout``."""
+        self._wait(timeout)
+        return self._exception
+
+    # -- changing -------------------------------------------------------------------
 
     def cancel(self) -> bool:
         """Cancel the task, killing its worker if it is already running.
@@ -50,20 +166,64 @@ class TaskFuture(_cf.Future[T]):
         Returns:
             False if the task has already finished, True otherwise.
         """
-        with self._condition:
+        with _LOCK:
             state = self._state
             if state == _cf.FINISHED:
                 return False
-            if state in (_cf.CANCELLED, _cf.CANCELLED_AND_NOTIFIED):
+            if state in _CANCELLED:
                 return True
             self._state = _cf.CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
+            for waiter in self._waiter_list or ():
                 waiter.add_cancelled(self)
-            self._condition.notify_all()
         task, self._pw_task = self._pw_task, None
         if task is not None:
             self._pw_on_cancel(task, state == _cf.RUNNING)
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
+        return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """PENDING -> RUNNING; False if the future was cancelled (see ``concurrent.futures``).
+
+        Raises:
+            RuntimeError: the future is neither pending nor cancelled.
+        """
+        with _LOCK:
+            if self._state == _cf.CANCELLED:
+                self._state = _cf.CANCELLED_AND_NOTIFIED
+                return False
+            if self._state == _cf.PENDING:
+                self._state = _cf.RUNNING
+                return True
+            if self._state == _cf.CANCELLED_AND_NOTIFIED:
+                return False
+        raise RuntimeError(f"Future in unexpected state: {self._state}")
+
+    def set_result(self, result: T) -> None:
+        """Mark the future done with ``result``; raises InvalidStateError if it is done."""
+        if not self._settle(result, None):
+            raise _cf.InvalidStateError(f"{self._state}: {self!r}")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Mark the future failed with ``exception``; raises InvalidStateError if it is done."""
+        if not self._settle(None, exception):
+            raise _cf.InvalidStateError(f"{self._state}: {self!r}")
+
+    def _settle(self, result: Any, exc: BaseException | None) -> bool:
+        with _LOCK:
+            if self._state in _DONE:
+                return False
+            self._result = result
+            self._exception = exc
+            self._state = _cf.FINISHED
+            waiters = self._waiter_list
+            if waiters:
+                if exc is None:
+                    for waiter in waiters:
+                        waiter.add_result(self)
+                else:
+                    for waiter in waiters:
+                        waiter.add_exception(self)
+        self._invoke_callbacks()
         return True
 
     def add_done_callback(self, fn: Callable[[_cf.Future[T]], object]) -> None:
@@ -73,19 +233,32 @@ class TaskFuture(_cf.Future[T]):
         is already done). One that raises is logged with the task id and does
         not affect any other callback.
         """
-        task_id = self.task_id
+        with _LOCK:
+            if self._state not in _DONE:
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
+                return
+        self._call(fn)
 
-        def guarded(future: _cf.Future[T]) -> None:
-            try:
-                fn(future)
-            except BaseException:
-                _log.exception("callback raised", task_id=task_id, callback=repr(fn))
+    def _invoke_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks, None
+        if callbacks:
+            for fn in callbacks:
+                self._call(fn)
 
-        super().add_done_callback(guarded)
+    def _call(self, fn: Callable[[_cf.Future[T]], object]) -> None:
+        try:
+            fn(self)
+        except BaseException:
+            _log.exception("callback raised", task_id=self.task_id, callback=repr(fn))
+
+    # -- the dispatcher's and collector's side ----------------------------------------
 
     def _pw_start(self) -> bool:
         """PENDING -> RUNNING for the dispatcher; False if it was cancelled."""
-        with self._condition:
+        with _LOCK:
             if self._state == _cf.PENDING:
                 self._state = _cf.RUNNING
                 return True
@@ -93,13 +266,5 @@ class TaskFuture(_cf.Future[T]):
 
     def _pw_resolve(self, value: Any = None, exc: BaseException | None = None) -> bool:
         """Set the outcome unless the future was cancelled meanwhile; True if set."""
-        task, self._pw_task = self._pw_task, None
-        del task
-        try:
-            if exc is not None:
-                self.set_exception(exc)
-            else:
-                self.set_result(value)
-        except _cf.InvalidStateError:
-            return False
-        return True
+        self._pw_task = None
+        return self._settle(value, exc)

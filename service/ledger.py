@@ -19,7 +19,7 @@ import collections
 import enum
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from service.errors import QueueFull, ServiceClosed
@@ -64,7 +64,7 @@ class Task:
         self,
         task_id: int,
         payload: bytes,
-        buffers: list[memoryview],
+        buffers: Sequence[memoryview],
         timeout: float | None,
         retries: int,
     ) -> None:
