@@ -83,7 +83,7 @@ class Collector:
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._inbox: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[list[Outcome] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pipework-collector", daemon=True)
         self.ident: int | None = None
 
@@ -92,9 +92,12 @@ class Collector:
         self._thread.start()
         self.ident = self._thread.ident
 
-    def put(self, task: Task, kind: Kind | None, data: Any) -> None:
-        """Hand over ``(kind, frame)`` from a worker, or ``(None, exception)``."""
-        self._inbox.put((task, kind, data))
+    def put_many(self, outcomes: list[Outcome]) -> None:
+        """Hand over ``(task, kind, frame)`` from workers and ``(task, None, exception)``.
+
+        The list becomes the collector's; the dispatcher hands over one per pass.
+        """
+        self._inbox.put(outcomes)
 
     def stop(self) -> None:
         """Let the thread finish what it has, then exit."""
@@ -107,19 +110,20 @@ class Collector:
 
     def _run(self) -> None:
         while True:
-            item = self._inbox.get()
-            if item is None:
+            batch = self._inbox.get()
+            if batch is None:
                 return
-            task, kind, data = item
-            del item
-            try:
-                self._resolve(task, kind, data)
-            except BaseException as exc:  # a bug here must not strand every later future
-                _log.exception("collector failed to resolve a task", task_id=task.id)
-                if task.future is not None:
-                    task.future._pw_resolve(exc=exc)
-                self._ledger.release(task)
-            del task, data
+            if not batch:
+                continue
+            for task, kind, data in batch:
+                try:
+                    self._resolve(task, kind, data)
+                except BaseException as exc:  # a bug here must not strand every later future
+                    _log.exception("collector failed to resolve a task", task_id=task.id)
+                    if task.future is not None:
+                        task.future._pw_resolve(exc=exc)
+                    self._ledger.release(task)
+            del batch, task, data  # hold no result while idle
 
     def _resolve(self, task: Task, kind: Kind | None, data: Any) -> None:
         value: Any = None

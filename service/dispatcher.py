@@ -31,6 +31,7 @@ import queue
 import selectors
 import signal
 import threading
+import time
 from typing import Any
 
 from service.collector import Collector, rebuild_exception
@@ -53,7 +54,14 @@ __all__ = ["Dispatcher"]
 _log = get_logger("pipework.dispatcher")
 
 _MAX_SLEEP = 1.0
+_PREFETCH_MAX = 64
+"""Most tasks a worker holds at once (one running, the rest queued in its channel)."""
+_PREFETCH_WINDOW = 0.005
+"""Seconds of work a busy worker keeps queued when the backlog allows: more than
+the dispatcher takes to react to a result, so the worker never waits for it."""
 _RETRY_FLUSH = 0.002
+_LAST_WORDS = 1.0
+"""Seconds to wait for the last frames of a worker that exited 0 holding a task."""
 _HEALTH_INTERVAL = 0.5
 _START_FAILURES_TO_BREAK = 3
 _ACTIVE = (WorkerState.STARTING, WorkerState.READY)
@@ -118,6 +126,7 @@ class Dispatcher:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._waker.fileno(), selectors.EVENT_READ, ("wake", None))
         self._workers: list[WorkerHandle] = []
+        self._outcomes: list[tuple[Task, Kind | None, Any]] = []
         self._retry_flush: set[WorkerHandle] = set()
         self._next_health = 0.0
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -185,6 +194,7 @@ class Dispatcher:
                 self._sup.signal(handle, signal.SIGKILL)
                 self._reap(handle, monotonic())
         finally:
+            self._deliver()
             self._collector.stop()
             self._sel.close()
             self._sup.transport.close()
@@ -223,8 +233,15 @@ class Dispatcher:
                 self._flush(handle)
             if self._closing:
                 self._wind_down(now)
-                if not self._workers and not len(self._ledger):
-                    return
+            self._deliver()
+            if self._closing and not self._workers and not len(self._ledger):
+                return
+
+    def _deliver(self) -> None:
+        """Hand this pass's outcomes to the collector in one go."""
+        if self._outcomes:
+            self._collector.put_many(self._outcomes)
+            self._outcomes = []
 
     def _sleep(self, now: float) -> float:
         when = [now + _MAX_SLEEP]
@@ -281,11 +298,20 @@ class Dispatcher:
                     )
                     self._sup.kill(handle, now, grace=0)
                 return
+            handle.finished_head(now)
             task = handle.tasks.popleft()
             task.state = TaskState.DONE if kind is Kind.RESULT else TaskState.FAILED
             task.worker = None
-            self._collector.put(task, kind, frame)
+            self._outcomes.append((task, kind, frame))
             handle.arm(now)
+        elif kind is Kind.SKIPPED:
+            for i, task in enumerate(handle.tasks):
+                if task.id == frame.task_id and task.state is TaskState.CANCELLED:
+                    del handle.tasks[i]
+                    task.worker = None
+                    if i == 0:
+                        handle.arm(now)
+                    break
         elif kind is Kind.READY:
             if handle.state is WorkerState.STARTING:
                 handle.state = WorkerState.READY
@@ -327,17 +353,8 @@ class Dispatcher:
 
     def _reap(self, handle: WorkerHandle, now: float) -> None:
         """The worker's process has exited: settle what it held and forget it."""
-        if handle.state is not WorkerState.KILLING:
-            try:
-                while True:
-                    frames = handle.channel.recv()
-                    if not frames:
-                        break
-                    for frame in frames:
-                        self._on_frame(handle, frame, now)
-            except TransportBroken:
-                pass
         handle.process.join(1.0)  # the sentinel fired, so this returns at once
+        self._drain(handle, handle.process.exitcode, now)
         exitcode = handle.process.exitcode
         self._forget(handle)
         held = list(handle.tasks)
@@ -349,6 +366,9 @@ class Dispatcher:
             self._lose(head, handle, exitcode)
             crashed = False  # _lose logged it
         for task in reversed(held):  # never started: back to the front, in order
+            if task.state is TaskState.CANCELLED:
+                continue  # its future was cancelled while it waited in the channel
+            task.attempt -= 1
             self._ledger.requeue(task)
         if (
             handle.state is WorkerState.STARTING
@@ -369,6 +389,34 @@ class Dispatcher:
                 "worker exited", worker_pid=handle.pid, exitcode=describe_exitcode(exitcode)
             )
 
+    def _drain(self, handle: WorkerHandle, exitcode: int | None, now: float) -> None:
+        """Settle every frame a dead worker wrote, even one we killed.
+
+        With tasks queued behind the head, results of tasks it finished may
+        be there (a killed head's own late result no longer matches, and is
+        dropped). A worker that exited 0 flushed what it sent before exiting,
+        but where sends are not durable on return (ZeroMQ's I/O threads) the
+        last frames can still be on their way to this end: wait for them,
+        boundedly, while the worker holds a task it has not answered.
+        """
+        wait_until: float | None = None
+        while True:
+            try:
+                frames = handle.channel.recv()
+            except TransportBroken:
+                return
+            for frame in frames:
+                self._on_frame(handle, frame, now)
+            if frames:
+                continue
+            if exitcode != 0 or not handle.tasks or self._sup.transport.durable_sends:
+                return
+            if wait_until is None:
+                wait_until = monotonic() + _LAST_WORDS
+            elif monotonic() >= wait_until:
+                return
+            time.sleep(0.001)
+
     def _lose(self, task: Task, handle: WorkerHandle, exitcode: int | None) -> None:
         _log.warning(
             "worker died running a task",
@@ -384,7 +432,7 @@ class Dispatcher:
             return
         task.state = TaskState.WORKER_LOST
         task.worker = None
-        self._collector.put(task, None, WorkerLost(task.id, handle.pid, exitcode, task.attempt))
+        self._outcomes.append((task, None, WorkerLost(task.id, handle.pid, exitcode, task.attempt)))
 
     def _forget(self, handle: WorkerHandle) -> None:
         self._workers.remove(handle)
@@ -413,9 +461,21 @@ class Dispatcher:
 
     def _kill_task(self, task: Task, now: float) -> None:
         handle = task.worker
-        if not isinstance(handle, WorkerHandle) or not handle.tasks or handle.tasks[0] is not task:
+        if not isinstance(handle, WorkerHandle) or task not in handle.tasks:
             return  # finished (or never started) meanwhile: nothing to kill
-        handle.tasks.popleft()
+        if handle.tasks[0] is not task:
+            # Queued behind the running task: the worker has it but has not
+            # started it, and checks for a CANCEL right before each start. It
+            # answers SKIPPED; if it started the task after all, the task
+            # reaches the head unanswered and its worker is killed then.
+            task.state = TaskState.CANCELLED
+            handle.channel.send(Kind.CANCEL, task.id, b"")
+            self._flush(handle)
+            return
+        self._drop_cancelled_head(handle, now)
+
+    def _drop_cancelled_head(self, handle: WorkerHandle, now: float) -> None:
+        task = handle.tasks.popleft()
         task.state = TaskState.CANCELLED
         task.worker = None
         _log.info("killing worker to cancel its task", task_id=task.id, worker_pid=handle.pid)
@@ -435,6 +495,9 @@ class Dispatcher:
     def _check_timers(self, now: float) -> None:
         for handle in self._workers:
             if handle.deadline is not None and now >= handle.deadline and handle.tasks:
+                if handle.tasks[0].state is TaskState.CANCELLED:
+                    self._drop_cancelled_head(handle, now)  # not skipped in time: it runs
+                    continue
                 task = handle.tasks.popleft()
                 task.state = TaskState.TIMED_OUT
                 task.worker = None
@@ -445,34 +508,72 @@ class Dispatcher:
                     worker_pid=handle.pid,
                     timeout=task.timeout,
                 )
-                self._collector.put(task, None, TaskTimeout(task.id, task.timeout, handle.pid))
+                self._outcomes.append((task, None, TaskTimeout(task.id, task.timeout, handle.pid)))
                 self._sup.kill(handle, now)
                 handle.deadline = None
             if handle.kill_at is not None:
                 self._sup.escalate(handle, now)
 
     def _dispatch(self, now: float) -> None:
+        """Idle workers get a task each first; then, if tasks are left, busy ones queue more."""
         if self.broken is not None:
             return
         for handle in self._workers:
-            if handle.state is not WorkerState.READY or handle.tasks:
-                continue
-            if handle.recycle:
-                self._stop(handle, now)
-                continue
+            if handle.state is WorkerState.READY and not handle.tasks:
+                if handle.recycle:
+                    self._stop(handle, now)
+                elif not self._hand(handle, 1, now):
+                    return
+        backlog = len(self._ledger)
+        if not backlog or any(h.state is WorkerState.STARTING for h in self._workers):
+            return  # a worker about to start takes the next task sooner than a busy one
+        busy = [h for h in self._workers if h.state is WorkerState.READY and not h.recycle]
+        share = -(-backlog // len(busy)) if busy else 0  # spread the backlog evenly
+        for handle in busy:
+            room = min(self._depth(handle), share) - len(handle.tasks)
+            if room > 0 and not self._hand(handle, room, now):
+                return
+
+    def _depth(self, handle: WorkerHandle) -> int:
+        """How many tasks ``handle`` should hold: the running one, and a queue if tasks are short.
+
+        A worker whose recent tasks took less than ``_PREFETCH_WINDOW`` keeps
+        about that much work queued behind the running task (at most
+        ``_PREFETCH_MAX``), so tiny tasks travel many to a write and many to a
+        read and the worker never waits for the dispatcher. A new worker, or
+        one whose tasks are long, holds one task at a time: a task queued
+        behind a long one would wait for it while another worker may be idle.
+        """
+        if not self._sup.transport.durable_sends or handle.service_time is None:
+            return 1
+        depth = 1 + int(_PREFETCH_WINDOW / max(handle.service_time, 1e-6))
+        depth = min(depth, _PREFETCH_MAX)
+        if self._sup.max_tasks is not None:
+            depth = min(depth, self._sup.max_tasks - handle.sent)
+        return depth
+
+    def _hand(self, handle: WorkerHandle, n: int, now: float) -> bool:
+        """Send up to ``n`` pending tasks to ``handle`` in one write; False if none were left."""
+        sent = 0
+        while sent < n:
             task = self._next_task()
             if task is None:
-                return
+                break
             task.attempt += 1
             task.state = TaskState.RUNNING
             task.worker = handle
             if task.future is not None:
                 task.future.worker_pid = handle.pid
             handle.tasks.append(task)
-            handle.arm(now)
+            if len(handle.tasks) == 1:
+                handle.arm(now)
             assert task.payload is not None
             handle.channel.send(Kind.TASK, task.id, task.payload, task.buffers)
+            sent += 1
+        if sent:
+            handle.sent += sent
             self._flush(handle)
+        return sent == n
 
     def _next_task(self) -> Task | None:
         while True:
@@ -523,7 +624,7 @@ class Dispatcher:
     def _fail(self, task: Task, exc: PipeworkError) -> None:
         task.state = TaskState.FAILED
         task.worker = None
-        self._collector.put(task, None, exc)
+        self._outcomes.append((task, None, exc))
 
     def _break(self, err: BrokenService) -> None:
         """The service cannot work: fail everything, stop every worker, refuse new work."""

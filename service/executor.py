@@ -25,6 +25,7 @@ import os
 import pickle
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
@@ -111,10 +112,32 @@ def _blame(
     return err
 
 
+_BY_REFERENCE = (types.FunctionType, types.BuiltinFunctionType)
+"""Callables pickle turns into a module and a name, never their state."""
+_REFERENCES_KEPT = 256
+
+
 def _pickle_call(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    references: dict[Callable[..., Any], bytes],
 ) -> tuple[bytes, list[memoryview]]:
+    """Pickle a call as ``(fn or its pickled reference, args, kwargs)``.
+
+    A plain function pickles to the same few bytes every time, but finding
+    them (module lookup, attribute checks) costs more than pickling a tiny
+    call's arguments: ``references`` keeps them per function, and the worker
+    keeps the function each one unpickles to (``service.worker``).
+    """
     try:
+        if type(fn) in _BY_REFERENCE:
+            reference = references.get(fn)
+            if reference is None:
+                if len(references) >= _REFERENCES_KEPT:
+                    references.clear()
+                reference = references[fn] = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+            return pickling.dumps((reference, args, kwargs))
         return pickling.dumps((fn, args, kwargs))
     except Exception as exc:
         if fn is call_chunk:  # a map chunk: (user function, items)
@@ -239,6 +262,7 @@ class WorkerService(Executor):
         self._shutdown_timeout = shutdown_timeout
         self._ids = itertools.count(1)
         self._cancel_hook = self._on_cancel  # one bound method for every future, not one each
+        self._references: dict[Callable[..., Any], bytes] = {}
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
 
@@ -307,7 +331,7 @@ class WorkerService(Executor):
         self._raise_if_closed()
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
-        payload, buffers = _pickle_call(fn, args, kwargs)
+        payload, buffers = _pickle_call(fn, args, kwargs, self._references)
         task = Task(next(self._ids), payload, buffers or (), timeout, retries)
         future: TaskFuture[T] = TaskFuture(task, self._cancel_hook)
         task.future = future  # type: ignore[assignment]

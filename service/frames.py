@@ -36,6 +36,10 @@ class Kind(enum.IntEnum):
     """worker -> parent: the task raised; payload is a pickled ``ErrorInfo``."""
     RETIRE = 7
     """worker -> parent: I reached a recycling limit; my next frame is my last result."""
+    CANCEL = 8
+    """parent -> worker: don't start this task, queued behind the running one, if not started."""
+    SKIPPED = 9
+    """worker -> parent: I dropped that cancelled task without running it."""
 
 
 class Frame(NamedTuple):

@@ -73,7 +73,7 @@ class TaskFuture(_cf.Future[T]):
         "worker_pid",
     )
 
-    _condition = _LOCK  # type: ignore[assignment]
+    _condition: threading.Condition = _LOCK  # type: ignore[assignment]  # acquire/release suffice
 
     def __init__(self, task: Task, on_cancel: Callable[[Task, bool], None]) -> None:
         # The base __init__ is not called on purpose: it builds the Condition
@@ -91,12 +91,16 @@ class TaskFuture(_cf.Future[T]):
         """The pid of the worker that last started the task (None until one has)."""
 
     @property
-    def _waiters(self) -> list[Any]:  # type: ignore[override]
+    def _waiters(self) -> list[Any]:
         # concurrent.futures.wait/as_completed append here while holding _condition.
         waiters = self._waiter_list
         if waiters is None:
             waiters = self._waiter_list = []
         return waiters
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._waiter_list = waiters
 
     def __repr__(self) -> str:
         return f"<TaskFuture task_id={self.task_id} state={self._state}>"

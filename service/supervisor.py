@@ -32,7 +32,7 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 
-from service.ledger import Task
+from service.ledger import Task, TaskState
 from service.transports.base import ParentChannel, Transport
 from service.worker import WorkerConfig, worker_main
 
@@ -42,6 +42,8 @@ StartMethod = Literal["fork", "forkserver", "spawn"]
 
 KILL_GRACE = 0.1
 """Seconds between SIGTERM and SIGKILL when a task is killed."""
+SKIP_GRACE = 0.1
+"""Seconds a worker has to say it skipped a cancelled task before it is killed for it."""
 STOP_GRACE = 5.0
 """Seconds an idle worker gets to exit after STOP before it is killed."""
 
@@ -80,6 +82,8 @@ class WorkerHandle:
         "pidfd",
         "process",
         "recycle",
+        "sent",
+        "service_time",
         "state",
         "tasks",
         "writing",
@@ -97,6 +101,16 @@ class WorkerHandle:
         self.deadline: float | None = None
         self.writing = False
         self.recycle = False
+        self.sent = 0
+        """Tasks handed to this worker so far (a recycling limit caps the prefetch)."""
+        self.service_time: float | None = None
+        """Moving average of one task's time at the head, in seconds (None: no result yet)."""
+
+    def finished_head(self, now: float) -> None:
+        """The head task's result arrived: fold its time into ``service_time``."""
+        took = now - self.tasks[0].started
+        average = self.service_time
+        self.service_time = took if average is None else average + (took - average) / 8
 
     def arm(self, now: float) -> None:
         """Start the clock of the task at the head: the one this worker runs now."""
@@ -104,7 +118,11 @@ class WorkerHandle:
         if self.tasks:
             head = self.tasks[0]
             head.started = now
-            if head.timeout is not None:
+            if head.state is TaskState.CANCELLED:
+                # Cancelled while queued: the worker skips it unless it had
+                # already started it; if no SKIPPED comes by then, it runs.
+                self.deadline = now + SKIP_GRACE
+            elif head.timeout is not None:
                 self.deadline = now + head.timeout
 
     def __repr__(self) -> str:
@@ -134,8 +152,9 @@ class Supervisor:
         self._ctx: BaseContext = multiprocessing.get_context(start_method)
         self._initializer = initializer
         self._initargs = initargs
-        self._max_tasks = max_tasks
         self._max_memory = max_memory
+        self.max_tasks = max_tasks
+        """The recycling limit in tasks per worker, or None."""
         self._names = itertools.count(1)
 
     def spawn(self) -> WorkerHandle:
@@ -155,7 +174,7 @@ class Supervisor:
         config = WorkerConfig(
             initializer=self._initializer,
             initargs=self._initargs,
-            max_tasks=self._max_tasks,
+            max_tasks=self.max_tasks,
             max_memory=self._max_memory,
             parent_pid=os.getpid() if self.start_method != "forkserver" else 0,
             close_fds=close_fds,

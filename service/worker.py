@@ -16,6 +16,7 @@ parent change, so no worker outlives its dispatcher.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import os
@@ -32,7 +33,7 @@ from typing import Any
 
 from service import pickling
 from service.errors import SerializationError
-from service.frames import Kind, Payload
+from service.frames import Frame, Kind, Payload
 from service.transports.base import TransportBroken, WorkerChannel, WorkerEndpoint
 
 __all__ = ["ErrorInfo", "WorkerConfig", "call_chunk", "error_info", "worker_main"]
@@ -86,9 +87,24 @@ def call_chunk(fn: Callable[..., object], items: Iterable[Sequence[Any]]) -> lis
     return [fn(*args) for args in items]
 
 
+_functions: dict[bytes, Callable[..., object]] = {}
+
+
+def _function(reference: bytes) -> Callable[..., object]:
+    """The function a pickled reference names, unpickled once per worker (see ``executor``)."""
+    fn = _functions.get(reference)
+    if fn is None:
+        if len(_functions) >= 256:
+            _functions.clear()
+        fn = _functions[reference] = pickle.loads(reference)
+    return fn
+
+
 def _run(payload: Payload, buffers: tuple[Payload, ...]) -> tuple[Kind, bytes, list[memoryview]]:
     try:
         fn, args, kwargs = pickling.loads(payload, buffers)
+        if type(fn) is bytes:
+            fn = _function(fn)
         value = fn(*args, **kwargs)
     except BaseException as exc:
         return Kind.ERROR, error_info(exc), []
@@ -155,6 +171,30 @@ def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig, lifeline: Connec
     channel.close()
 
 
+def _cancelled_meanwhile(
+    channel: WorkerChannel, task_id: int, queued: collections.deque[Frame]
+) -> bool:
+    """Take in what has arrived; True if it cancels ``task_id``, which is about to start.
+
+    The dispatcher may queue tasks behind the running one, and cancels such a
+    task with a CANCEL frame. Checking right before each start is what lets
+    it know for sure: a task is either skipped (and said so) or started.
+    """
+    cancelled = False
+    while (frame := channel.recv_nowait()) is not None:
+        if frame.kind is not Kind.CANCEL:
+            queued.append(frame)
+        elif frame.task_id == task_id:
+            cancelled = True
+        else:
+            for i, waiting in enumerate(queued):
+                if waiting.task_id == frame.task_id and waiting.kind is Kind.TASK:
+                    del queued[i]
+                    channel.send(Kind.SKIPPED, frame.task_id, b"")
+                    break
+    return cancelled
+
+
 def _serve(channel: WorkerChannel, config: WorkerConfig, rss: Callable[[], int] | None) -> None:
     """Run the initializer, then tasks, until STOP or a recycling limit."""
     if config.initializer is not None:
@@ -165,10 +205,16 @@ def _serve(channel: WorkerChannel, config: WorkerConfig, rss: Callable[[], int] 
             return
     channel.send(Kind.READY, 0, b"")
     done = 0
+    queued: collections.deque[Frame] = collections.deque()
     while True:
-        frame = channel.recv()
+        frame = queued.popleft() if queued else channel.recv()
         if frame.kind is Kind.STOP:
             return
+        if frame.kind is not Kind.TASK:
+            continue  # a CANCEL for a task that already ran here: its result said so
+        if _cancelled_meanwhile(channel, frame.task_id, queued):
+            channel.send(Kind.SKIPPED, frame.task_id, b"")
+            continue
         task_id = frame.task_id
         kind, payload, buffers = _run(frame.payload, frame.buffers)
         del frame  # free a large argument before the next recv

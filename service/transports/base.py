@@ -110,6 +110,14 @@ class WorkerChannel(Protocol):
         """
         ...
 
+    def recv_nowait(self) -> Frame | None:
+        """The next frame if one has wholly arrived, else None, without blocking.
+
+        Raises:
+            TransportBroken: the dispatcher is gone.
+        """
+        ...
+
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
     ) -> None:
@@ -137,6 +145,11 @@ class Transport(Protocol):
     """A factory of channels."""
 
     name: str
+    durable_sends: bool
+    """True if a frame is safe once the worker's ``send`` returns: it reaches the
+    dispatcher even if the worker is SIGKILLed right after. Only then may the
+    dispatcher queue tasks behind a running one (a result lost with its worker
+    would make the dispatcher blame the wrong task for the death)."""
 
     def pair(self) -> tuple[ParentChannel, WorkerEndpoint]:
         """Create one channel: the parent's end and what to hand the worker."""

@@ -26,6 +26,7 @@ import collections
 import contextlib
 import fcntl
 import os
+import select
 import struct
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -259,6 +260,8 @@ class _WorkerPipeChannel:
         os.set_blocking(result_w, True)
         self._reader = _FrameReader()
         self._ready: collections.deque[Frame] = collections.deque()
+        self._poll = select.poll()
+        self._poll.register(task_r, select.POLLIN)
 
     def recv(self) -> Frame:
         while not self._ready:
@@ -272,6 +275,19 @@ class _WorkerPipeChannel:
             self._reader.pop_frames(frames)
             self._ready.extend(frames)
         return self._ready.popleft()
+
+    def recv_nowait(self) -> Frame | None:
+        if not self._ready and self._poll.poll(0):
+            frames: list[Frame] = []
+            try:
+                n = self._reader.read_once(self._rfd)  # readable: returns at once
+            except OSError as exc:
+                raise TransportBroken("task pipe failed") from exc
+            if n == 0:
+                raise TransportBroken("dispatcher closed the task pipe")
+            self._reader.pop_frames(frames)
+            self._ready.extend(frames)
+        return self._ready.popleft() if self._ready else None
 
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
@@ -309,6 +325,7 @@ class PipeTransport:
     """Frames over a pair of OS pipes per worker."""
 
     name = "pipe"
+    durable_sends = True  # writev returned: the bytes are in the kernel's pipe
 
     def pair(self) -> tuple[_ParentPipeChannel, _PipeEndpoint]:
         task_r, task_w = os.pipe()

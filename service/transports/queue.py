@@ -373,6 +373,14 @@ class _WorkerQueueChannel:
             raise TransportBroken("dispatcher closed the task queue") from exc
         return _frame(item)
 
+    def recv_nowait(self) -> Frame | None:
+        try:
+            if self._tasks.empty():
+                return None
+        except (EOFError, OSError) as exc:
+            raise TransportBroken("dispatcher closed the task queue") from exc
+        return self.recv()  # something has arrived: the rest of it follows at once
+
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
     ) -> None:
@@ -417,6 +425,7 @@ class QueueTransport:
     """Frames over a task Queue and a result Queue per worker, read by a thread per worker."""
 
     name = "queue"
+    durable_sends = False  # put() returns before the feeder thread writes
 
     def __init__(self) -> None:
         self._channels: list[_ParentQueueChannel] = []

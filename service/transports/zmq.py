@@ -214,6 +214,11 @@ class _WorkerZmqChannel:
                 continue
         return _decode(parts)
 
+    def recv_nowait(self) -> Frame | None:
+        if not self._sock.poll(0, zmq.POLLIN):
+            return None
+        return _decode(self._sock.recv_multipart(copy=False))  # whole messages only
+
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
     ) -> None:
@@ -249,6 +254,7 @@ class ZmqTransport:
     """Frames over ZeroMQ ROUTER/DEALER pairs, ``ipc://`` (default) or ``tcp://`` on loopback."""
 
     name = "zmq"
+    durable_sends = False  # send() returns before libzmq's I/O thread writes
 
     def __init__(
         self, where: Where = "ipc", *, heartbeat_timeout: float = HEARTBEAT_TIMEOUT

@@ -1,0 +1,85 @@
+"""Tasks queued behind a running one (the pipe transport's prefetch) keep every contract.
+
+A worker whose recent tasks were short holds a few more behind the one it
+runs, so tiny tasks travel many to a write. These tests warm a worker up with
+tiny tasks first (so it prefetches), then check that a queued task that is
+cancelled never runs, that a death fails only the running task and runs the
+queued ones elsewhere, and that a recycling limit is never overshot.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service import WorkerService
+from tests import tasks
+from tests import tasks_faults as faults
+
+pytestmark = pytest.mark.timeout(60)
+
+RESULT_TIMEOUT = 30.0
+
+
+@pytest.fixture
+def transport() -> str:
+    return "pipe"  # the only transport whose sends are durable, so the only one that prefetches
+
+
+def warm(pool: WorkerService, n: int = 200) -> None:
+    """Tiny tasks, so the workers' recent task times are short and they prefetch."""
+    assert [
+        f.result(timeout=RESULT_TIMEOUT) for f in [pool.submit(tasks.square, i) for i in range(n)]
+    ] == [i * i for i in range(n)]
+
+
+def test_cancelled_queued_task_never_runs(
+    make_pool: Callable[..., WorkerService], tmp_path: Path
+) -> None:
+    pool = make_pool(1)
+    warm(pool)
+    marker = tmp_path / "ran"
+    head = pool.submit(tasks.sleep_then, 0.5, "head")
+    queued = pool.submit(tasks.touch_then, str(marker), "square", 3)
+    after = [pool.submit(tasks.square, i) for i in range(5)]
+    assert faults.wait_until(queued.running, 10.0), "the task was not queued in the worker"
+
+    assert queued.cancel()
+    assert queued.cancelled()
+    assert head.result(timeout=RESULT_TIMEOUT) == "head"
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in after] == [i * i for i in range(5)]
+    with pytest.raises(cf.CancelledError):
+        queued.result(timeout=0)
+    assert not marker.exists(), "a cancelled task ran"
+    # The worker skipped it (a CANCEL frame, checked before each start), so it
+    # did not have to die for it; under heavy load it may have been killed
+    # instead (no SKIPPED within the grace), which is also correct.
+    assert pool.submit(tasks.square, 4).result(timeout=RESULT_TIMEOUT) == 16
+
+
+def test_death_fails_the_running_task_only(make_pool: Callable[..., WorkerService]) -> None:
+    pool = make_pool(2)
+    warm(pool)
+    futures = [pool.submit(tasks.square, i) for i in range(300)]
+    victim = pool.submit(tasks.kill_self)
+    futures += [pool.submit(tasks.square, i) for i in range(300, 600)]
+    assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [i * i for i in range(600)]
+    with pytest.raises(Exception, match="SIGKILL") as info:
+        victim.result(timeout=RESULT_TIMEOUT)
+    assert getattr(info.value, "attempt", None) == 1
+
+
+def test_recycling_limit_is_never_overshot(make_pool: Callable[..., WorkerService]) -> None:
+    pool = make_pool(2, max_tasks_per_worker=7)
+    pids = [
+        f.result(timeout=RESULT_TIMEOUT)
+        for f in [pool.submit(tasks.pid_of_worker) for _ in range(300)]
+    ]
+    counts: dict[int, int] = {}
+    for pid in pids:
+        counts[pid] = counts.get(pid, 0) + 1
+    assert max(counts.values()) <= 7
+    assert sum(counts.values()) == 300
