@@ -49,4 +49,5 @@ class Frame(NamedTuple):
     task_id: int
     payload: Payload
     buffers: tuple[Payload, ...] = ()
-    """Out-of-band pickle buffers that go with ``payload`` (see ``service.pickling``)."""
+    """Out-of-band pickle buffers that go with ``payload`` (see ``service.pickling``),
+    or descriptors of shared segments that hold them (see ``service.shm``)."""

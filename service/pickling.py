@@ -1,4 +1,4 @@
-"""Pickling of calls and results: protocol 5, large buffers out of band.
+"""Pickling of calls and results: protocol 5, large buffers out of band or shared.
 
 A NumPy array, a ``bytearray`` or a ``pickle.PickleBuffer`` of at least
 ``OUT_OF_BAND_MIN`` bytes is not copied into the pickle stream: it travels as
@@ -7,6 +7,11 @@ memory (``writev``, ZeroMQ frames with ``copy=False``) and the receiver
 unpickles in place (``pickle.loads(..., buffers=...)``). Below that size a
 copy costs less than the bookkeeping, so small buffers stay in band.
 
+A transport may instead share large buffers (``service.shm``): then only
+a descriptor crosses the channel and the receiver maps the segment. A
+worker's results are shared by ``dumps_result`` when its transport asked for
+it; a call's arguments, by the transport's ``send``.
+
 An object sent out of band is read when it is written to the worker, not
 when ``submit`` returns: don't mutate an argument until its future is done
 (``ProcessPoolExecutor`` behaves the same way).
@@ -14,20 +19,30 @@ when ``submit`` returns: don't mutate an argument until its future is done
 
 from __future__ import annotations
 
+import functools
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from service import shm
 from service.frames import Payload
 
-__all__ = ["OUT_OF_BAND_MIN", "dumps", "loads"]
+__all__ = ["OUT_OF_BAND_MIN", "Share", "dumps", "dumps_result", "loads"]
 
 OUT_OF_BAND_MIN = 64 * 1024
 """Smallest buffer, in bytes, sent out of band."""
 
+Share = Callable[[memoryview], "memoryview | None"]
+"""Puts a buffer in shared memory and returns its descriptor, or None to send it as is."""
 
-def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
+
+def dumps(obj: object, share: Share | None = None) -> tuple[bytes, list[memoryview]]:
     """Pickle ``obj``; return the stream and the buffers to send beside it.
+
+    Args:
+        obj: what to pickle.
+        share: how buffers of ``shm.SHARED_MIN`` bytes or more are shared;
+            None (the default) sends every buffer through the channel.
 
     Raises:
         Whatever pickling ``obj`` raises.
@@ -41,12 +56,32 @@ def dumps(obj: object) -> tuple[bytes, list[memoryview]]:
             return True
         if view.nbytes < OUT_OF_BAND_MIN:
             return True
-        buffers.append(view)
+        shared = share(view) if share is not None and view.nbytes >= shm.SHARED_MIN else None
+        buffers.append(view if shared is None else shared)
         return False  # false means: out of band
 
-    return pickle.dumps(obj, 5, buffer_callback=keep_large), buffers
+    try:
+        return pickle.dumps(obj, 5, buffer_callback=keep_large), buffers
+    except BaseException:
+        shm.discard(buffers)
+        raise
+
+
+def dumps_result(obj: object) -> tuple[bytes, list[memoryview]]:
+    """``dumps`` for a worker's result: large buffers go in segments its parent claims,
+    if the worker's transport asked for that (``shm.serve_as_worker``)."""
+    prefix = shm.result_prefix()
+    share = None if prefix is None else functools.partial(shm.share_named, prefix=prefix)
+    return dumps(obj, share)
 
 
 def loads(payload: Payload, buffers: Sequence[Payload] = ()) -> Any:
-    """Unpickle what ``dumps`` produced."""
+    """Unpickle what ``dumps`` produced, mapping any shared segments it names.
+
+    Raises:
+        OSError: a shared segment is gone (its task was resolved meanwhile).
+        Whatever unpickling raises.
+    """
+    if buffers:
+        buffers = [shm.attach(b) for b in buffers]
     return pickle.loads(payload, buffers=buffers)

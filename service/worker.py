@@ -109,7 +109,7 @@ def _run(payload: Payload, buffers: tuple[Payload, ...]) -> tuple[Kind, bytes, l
     except BaseException as exc:
         return Kind.ERROR, error_info(exc), []
     try:
-        result, out_of_band = pickling.dumps(value)
+        result, out_of_band = pickling.dumps_result(value)
     except BaseException as exc:
         err = SerializationError(type_name(value), "result", f"{type_name(exc)}: {exc}")
         err.__cause__ = exc

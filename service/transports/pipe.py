@@ -18,6 +18,15 @@ buffers), then the body: one 8-byte length per buffer, the payload, the
 buffers. The sender hands the OS every piece with one ``writev`` (no copy);
 a large body is read straight into one preallocated buffer, and the payload
 and buffers are views of it (no copy either).
+
+Why large payloads cross the pipe rather than shared memory: what moving
+64 MiB costs on a VM is mostly faulting in fresh pages, not copying them.
+The receive buffer is backed by huge pages (``shm.receive_buffer``: 32
+faults instead of 16,384), which ``/dev/shm`` and memfd segments cannot have
+where shmem huge pages are off (the default). Measured on the 2-core
+development VM, echo of a 64 MiB array: pipe with huge-page receive buffers
+~800-1,600 MiB/s; with the arguments in a memfd and results in named
+segments ~420-1,080 MiB/s (``python -m benchmarks.transports``).
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ import struct
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
-from service.frames import Frame, Kind
+from service import shm
+from service.frames import Frame, Kind, Payload
 from service.transports.base import (
     ParentChannel,
     TransportBroken,
@@ -64,12 +74,11 @@ def _grow_pipe(fd: int) -> None:
 class _FrameReader:
     """Reassembles frames from a byte stream read in arbitrary pieces."""
 
-    __slots__ = ("_body", "_body_view", "_buf", "_filled", "_kind", "_nbufs", "_task_id")
+    __slots__ = ("_body", "_buf", "_filled", "_kind", "_nbufs", "_task_id")
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._body: bytearray | None = None
-        self._body_view = memoryview(b"")
+        self._body: memoryview | None = None
         self._filled = 0
         self._kind = 0
         self._task_id = 0
@@ -78,7 +87,7 @@ class _FrameReader:
     def read_once(self, fd: int) -> int:
         """Do one read(2) from ``fd``; return the bytes read (0 at end of file)."""
         if self._body is not None:
-            n = os.readv(fd, [self._body_view[self._filled :]])
+            n = os.readv(fd, [self._body[self._filled :]])
             self._filled += n
             return n
         chunk = os.read(fd, _CHUNK)
@@ -92,8 +101,6 @@ class _FrameReader:
                 return
             out.append(_frame(self._kind, self._task_id, self._nbufs, self._body))
             self._body = None
-            self._body_view.release()
-            self._body_view = memoryview(b"")
         buf = self._buf
         pos = 0
         end = len(buf)
@@ -110,11 +117,10 @@ class _FrameReader:
                     continue
                 if length > _CHUNK:
                     # Read the rest of a large payload in place instead of growing buf.
-                    body = bytearray(length)
+                    body = shm.receive_buffer(length)
                     have = end - start
                     body[:have] = view[start:end]
                     self._body, self._filled = body, have
-                    self._body_view = memoryview(body)
                     self._kind, self._task_id, self._nbufs = kind, task_id, nbufs
                     pos = end
                 break
@@ -126,7 +132,7 @@ class _FrameReader:
         return self._body is not None or bool(self._buf)
 
 
-def _frame(kind: int, task_id: int, nbufs: int, body: bytes | bytearray) -> Frame:
+def _frame(kind: int, task_id: int, nbufs: int, body: Payload) -> Frame:
     if not nbufs:
         return Frame(Kind(kind), task_id, body)
     view = memoryview(body)
