@@ -41,12 +41,23 @@ from service.supervisor import StartMethod, Supervisor, default_start_method
 from service.transports import Transport, get_transport
 from service.worker import call_chunk, type_name
 
-__all__ = ["DEFAULT_MAX_PENDING", "EXIT_GRACE", "TaskOptions", "WorkerService"]
+__all__ = [
+    "AUTO_CHUNK_MAX",
+    "AUTO_CHUNK_SECONDS",
+    "DEFAULT_MAX_PENDING",
+    "EXIT_GRACE",
+    "TaskOptions",
+    "WorkerService",
+]
 
 T = TypeVar("T")
 
 TransportName = Literal["pipe", "queue", "zmq", "zmq+tcp"]
 
+AUTO_CHUNK_SECONDS = 0.05
+"""``map`` with the automatic chunksize keeps a chunk's submit-to-result time near this."""
+AUTO_CHUNK_MAX = 16_384
+"""Largest automatic chunk, in items."""
 DEFAULT_MAX_PENDING = 100_000
 """Default bound on accepted but unfinished tasks. Past it, ``submit`` blocks."""
 EXIT_GRACE = 5.0
@@ -165,7 +176,7 @@ class TaskOptions:
         fn: Callable[..., T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         buffersize: int | None = None,
     ) -> Iterator[T]:
         """Like ``WorkerService.map``, with these options."""
@@ -361,7 +372,7 @@ class WorkerService(Executor):
         fn: Callable[..., T],
         *iterables: Iterable[Any],
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
         buffersize: int | None = None,
     ) -> Iterator[T]:
         """Like ``map(fn, *iterables)``, run in the workers, results in order.
@@ -375,7 +386,10 @@ class WorkerService(Executor):
             iterables: argument streams, zipped as ``map`` does.
             timeout: seconds, from this call, after which reading a result
                 not yet available raises ``TimeoutError``.
-            chunksize: items sent to a worker per task.
+            chunksize: items sent to a worker per task. None (the default):
+                sized as it goes, starting at one item and doubling while a
+                chunk takes well under ``AUTO_CHUNK_SECONDS``, so tiny items
+                travel thousands to a task and slow ones one by one.
             buffersize: chunks kept in flight ahead of the reader.
 
         Raises:
@@ -389,18 +403,16 @@ class WorkerService(Executor):
         fn: Callable[..., T],
         iterables: tuple[Iterable[Any], ...],
         timeout: float | None,
-        chunksize: int,
+        chunksize: int | None,
         buffersize: int | None,
     ) -> Iterator[T]:
-        _check_count("chunksize", chunksize, allow_none=False)
+        _check_count("chunksize", chunksize)
         _check_count("buffersize", buffersize)
         _check_positive("timeout", timeout, allow_zero=True)
         ahead = buffersize if buffersize is not None else 4 * self._max_workers
         end = None if timeout is None else time.monotonic() + timeout
         calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
-        chunks: Iterator[tuple[tuple[Any, ...], ...]] = iter(
-            lambda: tuple(itertools.islice(calls, chunksize)), ()
-        )
+        chunks = _Chunks(calls, chunksize)
         return _MapIterator(lambda chunk: submit(call_chunk, fn, chunk), chunks, ahead, end)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -469,6 +481,38 @@ class WorkerService(Executor):
 
 
 @final
+class _Chunks(Iterator[tuple[tuple[Any, ...], ...]]):
+    """``map``'s input cut into chunks: of a fixed size, or sized by how long chunks take.
+
+    The automatic size starts at 1 (the first result comes as soon as one
+    item is done) and doubles each time a chunk finishes in less than
+    ``AUTO_CHUNK_SECONDS`` from its submit, halving when one takes more than
+    twice that. A chunk's time from submit includes waiting behind the other
+    chunks in flight, so chunks settle at a fraction of that time each.
+    """
+
+    def __init__(self, calls: Iterator[tuple[Any, ...]], size: int | None) -> None:
+        self._calls = calls
+        self.auto = size is None
+        self.size = 1 if size is None else size
+
+    def __next__(self) -> tuple[tuple[Any, ...], ...]:
+        chunk = tuple(itertools.islice(self._calls, self.size))
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def observe(self, items: int, seconds: float) -> None:
+        """A chunk of ``items`` took ``seconds`` from submit to result (any thread)."""
+        if items < self.size:
+            return  # from before the last change, or the input's tail
+        if seconds < AUTO_CHUNK_SECONDS:
+            self.size = min(self.size * 2, AUTO_CHUNK_MAX)
+        elif seconds > 2 * AUTO_CHUNK_SECONDS:
+            self.size = max(self.size // 2, 1)
+
+
+@final
 class _MapIterator(Iterator[T]):
     """Results of ``map`` in order, keeping ``ahead`` chunks in flight.
 
@@ -479,7 +523,7 @@ class _MapIterator(Iterator[T]):
     def __init__(
         self,
         submit: Callable[[tuple[tuple[Any, ...], ...]], TaskFuture[list[T]]],
-        chunks: Iterator[tuple[tuple[Any, ...], ...]],
+        chunks: _Chunks,
         ahead: int,
         end: float | None,
     ) -> None:
@@ -500,7 +544,11 @@ class _MapIterator(Iterator[T]):
         chunk = next(self._chunks, None)
         if chunk is None:
             return False
-        self._in_flight.append(self._submit(chunk))
+        future = self._submit(chunk)
+        if self._chunks.auto:
+            started, items, observe = time.monotonic(), len(chunk), self._chunks.observe
+            future.add_done_callback(lambda _: observe(items, time.monotonic() - started))
+        self._in_flight.append(future)
         return True
 
     def _refill(self) -> None:

@@ -34,9 +34,9 @@ def _record_submits(pool: WorkerService, monkeypatch: pytest.MonkeyPatch) -> lis
     return futures
 
 
-@pytest.mark.parametrize("chunksize", [1, 7, 1000], ids=lambda c: f"chunksize={c}")
+@pytest.mark.parametrize("chunksize", [None, 1, 7, 1000], ids=lambda c: f"chunksize={c}")
 @pytest.mark.parametrize("n", [0, 1, 10, 2500], ids=lambda n: f"items={n}")
-def test_results_in_order(pool: WorkerService, n: int, chunksize: int) -> None:
+def test_results_in_order(pool: WorkerService, n: int, chunksize: int | None) -> None:
     results = pool.map(tasks.square, range(n), chunksize=chunksize, timeout=60)
     assert list(results) == [i * i for i in range(n)]
 
@@ -171,3 +171,17 @@ def test_unpicklable_function_fails_in_map_itself(pool: WorkerService) -> None:
         pool.map(lambda x: x, range(3))
     assert info.value.type_name == "function"
     assert list(pool.map(tasks.square, range(3), timeout=30)) == [0, 1, 4]
+
+
+def test_automatic_chunks_grow_for_tiny_items_and_stay_small_for_slow_ones(
+    pool: WorkerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    futures = _record_submits(pool, monkeypatch)
+    assert list(pool.map(tasks.square, range(20_000), timeout=60)) == [i * i for i in range(20_000)]
+    sizes = [len(f.result()) for f in futures]
+    assert sizes[0] == 1  # the first result does not wait for a big chunk
+    assert max(sizes) >= 256, sizes  # tiny items end up travelling many to a task
+    futures.clear()
+    slow = list(pool.map(tasks.sleep_then, [0.06] * 6, range(6), timeout=60))
+    assert slow == list(range(6))
+    assert [len(f.result()) for f in futures] == [1] * 6  # each takes longer than the target
