@@ -1,1 +1,1 @@
-"""Benchmarks for pipework against its peers and the raw IPC floor; see ``submit_flood``."""
+"""Benchmarks for pipework against its peers and the raw IPC floor; see ``pool`` and ``ipc``."""

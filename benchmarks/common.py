@@ -23,12 +23,13 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -50,6 +51,7 @@ __all__ = [
     "machine_line",
     "percentile",
     "project_root",
+    "rewrite_blocks",
     "run_child",
 ]
 
@@ -75,6 +77,8 @@ class ChildOutcome:
 
     record: JSONDict | None
     """The last result line, parsed; None if the child printed none."""
+    records: list[JSONDict]
+    """Every result line, parsed, in order (a child may report several measurements)."""
     killed: bool
     """True if the parent had to kill the child at ``limit + kill_margin``."""
     wall_s: float
@@ -117,12 +121,13 @@ def run_child(
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
-    record: JSONDict | None = None
+    records: list[JSONDict] = []
     for line in stdout.splitlines():
         if line.startswith(result_prefix):
             with contextlib.suppress(ValueError):
-                record = json.loads(line[len(result_prefix) :])
-    return ChildOutcome(record, killed, wall, proc.returncode, stderr)
+                records.append(json.loads(line[len(result_prefix) :]))
+    record = records[-1] if records else None
+    return ChildOutcome(record, records, killed, wall, proc.returncode, stderr)
 
 
 def emit_result(result_prefix: str, record: JSONDict, exitcode: int) -> NoReturn:
@@ -273,3 +278,30 @@ class Progress:
         elapsed = time.perf_counter() - self._started
         prefix = "\r\x1b[K" if self._tty else ""
         self._write(f"{prefix}{self._total} steps in {elapsed:.1f} s\n")
+
+
+def rewrite_blocks(text: str, blocks: Mapping[str, str], prefix: str) -> str:
+    """Replace the body of each ``<!-- BEGIN {prefix}:NAME -->`` block by ``blocks[NAME]``.
+
+    Blocks of other prefixes are left alone, so several benchmarks can write
+    into one page.
+
+    Raises:
+        ValueError: a block of ``blocks`` is missing from ``text`` or appears
+            twice, or ``text`` has a block of ``prefix`` that ``blocks`` does not know.
+    """
+    marker = re.escape(prefix)
+    pattern = re.compile(
+        rf"(<!-- BEGIN {marker}:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
+        rf"(^<!-- END {marker}:(?P=name) -->)",
+        re.DOTALL | re.MULTILINE,
+    )
+    found = [m.group("name") for m in pattern.finditer(text)]
+    missing = [name for name in blocks if found.count(name) != 1]
+    unknown = sorted(set(found) - set(blocks))
+    if missing or unknown:
+        raise ValueError(
+            f"generated blocks: missing or repeated {missing}, unknown {unknown} "
+            f"(markers: <!-- BEGIN {prefix}:NAME --> ... <!-- END {prefix}:NAME -->)"
+        )
+    return pattern.sub(lambda m: m.group(1) + blocks[m.group("name")] + "\n" + m.group(4), text)

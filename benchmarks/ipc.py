@@ -42,7 +42,6 @@ import json
 import multiprocessing
 import pickle
 import platform
-import re
 import shutil
 import statistics
 import sys
@@ -69,6 +68,7 @@ from benchmarks.common import (
     project_root,
     run_child,
 )
+from benchmarks.common import rewrite_blocks as common_rewrite_blocks
 
 __all__ = [
     "DOCS",
@@ -77,8 +77,14 @@ __all__ = [
     "QUICK",
     "SECTIONS",
     "SIZES",
+    "Channel",
     "Counts",
+    "Link",
     "Mechanism",
+    "ObjectLink",
+    "PeerEnd",
+    "Same",
+    "echo_peer",
     "main",
     "render_block",
     "render_terminal",
@@ -153,7 +159,7 @@ class PeerEnd(Protocol):
         """Open the peer's end of the channel."""
 
 
-def _peer_main(end: PeerEnd) -> None:
+def echo_peer(end: PeerEnd) -> None:
     """The peer process: echo every message until an empty one."""
     link = end.open()
     try:
@@ -167,7 +173,7 @@ def _peer_main(end: PeerEnd) -> None:
         link.close()
 
 
-class _Same:
+class Same:
     """A ``PeerEnd`` that is already open: the link itself crosses to the peer."""
 
     def __init__(self, link: Link) -> None:
@@ -177,7 +183,7 @@ class _Same:
         return self.link
 
 
-class _ObjectLink:
+class ObjectLink:
     """Objects out through one call (``put``/``send``), in through another: Queue, Pipe, Manager."""
 
     def __init__(self, out: Callable[[Any], None], inp: Callable[[], Any]) -> None:
@@ -330,7 +336,7 @@ class _ZmqPeerEnd:
 # -- mechanisms (in the child) -----------------------------------------------------------
 
 
-class _Channel:
+class Channel:
     """An open channel in the measuring child: its link, the peer's end, and cleanup."""
 
     def __init__(self, link: Link, peer: PeerEnd, cleanup: Callable[[], None]) -> None:
@@ -340,7 +346,7 @@ class _Channel:
         self.after_start: Callable[[], None] = lambda: None
 
 
-def _queue(ctx: BaseContext, max_bytes: int) -> _Channel:
+def _queue(ctx: BaseContext, max_bytes: int) -> Channel:
     to_peer, to_parent = ctx.Queue(), ctx.Queue()
 
     def cleanup() -> None:
@@ -348,23 +354,23 @@ def _queue(ctx: BaseContext, max_bytes: int) -> _Channel:
             q.close()
             q.join_thread()
 
-    return _Channel(
-        _ObjectLink(to_peer.put, to_parent.get),
-        _Same(_ObjectLink(to_parent.put, to_peer.get)),
+    return Channel(
+        ObjectLink(to_peer.put, to_parent.get),
+        Same(ObjectLink(to_parent.put, to_peer.get)),
         cleanup,
     )
 
 
-def _pipe_duplex(ctx: BaseContext, max_bytes: int) -> _Channel:
+def _pipe_duplex(ctx: BaseContext, max_bytes: int) -> Channel:
     mine, theirs = ctx.Pipe()
-    channel = _Channel(
-        _ObjectLink(mine.send, mine.recv), _Same(_ObjectLink(theirs.send, theirs.recv)), mine.close
+    channel = Channel(
+        ObjectLink(mine.send, mine.recv), Same(ObjectLink(theirs.send, theirs.recv)), mine.close
     )
     channel.after_start = theirs.close
     return channel
 
 
-def _pipe_oneway(ctx: BaseContext, max_bytes: int) -> _Channel:
+def _pipe_oneway(ctx: BaseContext, max_bytes: int) -> Channel:
     peer_in, parent_out = ctx.Pipe(duplex=False)
     parent_in, peer_out = ctx.Pipe(duplex=False)
 
@@ -376,26 +382,26 @@ def _pipe_oneway(ctx: BaseContext, max_bytes: int) -> _Channel:
         peer_in.close()
         peer_out.close()
 
-    channel = _Channel(
-        _ObjectLink(parent_out.send, parent_in.recv),
-        _Same(_ObjectLink(peer_out.send, peer_in.recv)),
+    channel = Channel(
+        ObjectLink(parent_out.send, parent_in.recv),
+        Same(ObjectLink(peer_out.send, peer_in.recv)),
         cleanup,
     )
     channel.after_start = drop_peer_ends
     return channel
 
 
-def _manager(ctx: BaseContext, max_bytes: int) -> _Channel:
+def _manager(ctx: BaseContext, max_bytes: int) -> Channel:
     manager = ctx.Manager()
     to_peer, to_parent = manager.Queue(), manager.Queue()
-    return _Channel(
-        _ObjectLink(to_peer.put, to_parent.get),
-        _Same(_ObjectLink(to_parent.put, to_peer.get)),
+    return Channel(
+        ObjectLink(to_peer.put, to_parent.get),
+        Same(ObjectLink(to_parent.put, to_peer.get)),
         manager.shutdown,
     )
 
 
-def _shared_memory(ctx: BaseContext, max_bytes: int) -> _Channel:
+def _shared_memory(ctx: BaseContext, max_bytes: int) -> Channel:
     from multiprocessing import shared_memory
 
     shm = shared_memory.SharedMemory(create=True, size=8 + max_bytes)
@@ -407,20 +413,20 @@ def _shared_memory(ctx: BaseContext, max_bytes: int) -> _Channel:
         shm.close()
         shm.unlink()
 
-    return _Channel(link, _ShmLink(shm.name, post=to_parent, wait=to_peer), cleanup)
+    return Channel(link, _ShmLink(shm.name, post=to_parent, wait=to_peer), cleanup)
 
 
-def _pickle5(ctx: BaseContext, max_bytes: int) -> _Channel:
+def _pickle5(ctx: BaseContext, max_bytes: int) -> Channel:
     mine, theirs = ctx.Pipe()
-    channel = _Channel(_Pickle5Link(mine), _Same(_Pickle5Link(theirs)), mine.close)
+    channel = Channel(_Pickle5Link(mine), Same(_Pickle5Link(theirs)), mine.close)
     channel.after_start = theirs.close
     return channel
 
 
 def _zmq(
     pattern: ZmqPattern, where: Literal["ipc", "tcp"]
-) -> Callable[[BaseContext, int], _Channel]:
-    def open_channel(ctx: BaseContext, max_bytes: int) -> _Channel:
+) -> Callable[[BaseContext, int], Channel]:
+    def open_channel(ctx: BaseContext, max_bytes: int) -> Channel:
         import zmq
 
         zctx = zmq.Context()
@@ -445,7 +451,7 @@ def _zmq(
             if private is not None:
                 shutil.rmtree(private, ignore_errors=True)
 
-        channel = _Channel(link, _ZmqPeerEnd(pattern, to_peer, to_parent), cleanup)
+        channel = Channel(link, _ZmqPeerEnd(pattern, to_peer, to_parent), cleanup)
         if pattern != "reqrep":
             channel.after_start = link.hello
         return channel
@@ -459,7 +465,7 @@ class Mechanism:
 
     label: str
     """Its name in the table: code, so it reads the same in every language."""
-    open: Callable[[BaseContext, int], _Channel]
+    open: Callable[[BaseContext, int], Channel]
     """``open(ctx, largest payload)``, in the measuring child: the channel, peer not started."""
 
 
@@ -604,7 +610,7 @@ def _run_one(key: str, quick: bool, limit: float) -> NoReturn:
         ctx = multiprocessing.get_context("forkserver")
         channel = MECHANISMS[key].open(ctx, max(size for size, _ in counts.payloads))
         try:
-            proc = ctx.Process(target=_peer_main, args=(channel.peer,), daemon=True)
+            proc = ctx.Process(target=echo_peer, args=(channel.peer,), daemon=True)
             proc.start()
             channel.after_start()
             child.phase = "warm-up"
@@ -784,29 +790,13 @@ def render_terminal(records: Mapping[str, JSONDict], machine: JSONDict, quick: b
 
 # -- the docs ----------------------------------------------------------------------------
 
-_BLOCK = re.compile(
-    r"(<!-- BEGIN pipework-bench-ipc:(?P<name>[\w-]+) -->\n)(?P<body>.*?)"
-    r"(^<!-- END pipework-bench-ipc:(?P=name) -->)",
-    re.DOTALL | re.MULTILINE,
-)
+BLOCK_PREFIX = "pipework-bench-ipc"
+"""Marks the chapter's generated blocks: ``<!-- BEGIN pipework-bench-ipc:NAME -->``."""
 
 
 def rewrite_blocks(text: str, blocks: Mapping[str, str]) -> str:
-    """Replace each marked block's body in ``text`` by ``blocks[name]``.
-
-    Raises:
-        ValueError: a block of ``blocks`` is missing from ``text`` or appears
-            twice, or ``text`` has a block that ``blocks`` does not know.
-    """
-    found = [m.group("name") for m in _BLOCK.finditer(text)]
-    missing = [name for name in blocks if found.count(name) != 1]
-    unknown = sorted(set(found) - set(blocks))
-    if missing or unknown:
-        raise ValueError(
-            f"generated blocks: missing or repeated {missing}, unknown {unknown} "
-            "(markers: <!-- BEGIN pipework-bench-ipc:NAME --> ... <!-- END ... -->)"
-        )
-    return _BLOCK.sub(lambda m: m.group(1) + blocks[m.group("name")] + "\n" + m.group(4), text)
+    """``common.rewrite_blocks`` for the IPC chapter's markers."""
+    return common_rewrite_blocks(text, blocks, BLOCK_PREFIX)
 
 
 def _docs_dir() -> Path:

@@ -7,9 +7,14 @@ reference in a fresh worker.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def inc(x: int) -> int:
@@ -30,3 +35,41 @@ def pipe_worker(conn: Connection) -> None:
             return
         fn, args = message
         send(fn(*args))
+
+
+def echo(value: T) -> T:
+    """The payload task: return the argument, so it crosses the channel both ways."""
+    return value
+
+
+def spin(ms: float) -> float:
+    """Burn ``ms`` milliseconds of this thread's CPU time; return the CPU time spent."""
+    start = time.thread_time()
+    deadline = start + ms / 1000
+    now = start
+    while now < deadline:
+        now = time.thread_time()
+    return now - start
+
+
+def hold_worker(directory: str, limit: float) -> int:
+    """Keep this worker busy until ``directory``/release exists (at most ``limit`` seconds).
+
+    Writes ``directory``/started-<pid> first, so the caller knows every worker is held.
+    """
+    folder = Path(directory)
+    (folder / f"started-{os.getpid()}").touch()
+    deadline = time.monotonic() + limit
+    while not (folder / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def split_worker(conn: Connection, count: int, ms: float) -> None:
+    """Static-split floor: say ready, wait for a go, run ``spin(ms)`` ``count`` times, say done."""
+    conn.send("ready")
+    conn.recv()
+    for _ in range(count):
+        spin(ms)
+    conn.send(count)
+    conn.close()

@@ -26,7 +26,7 @@ faults instead of 16,384), which ``/dev/shm`` and memfd segments cannot have
 where shmem huge pages are off (the default). Measured on the 2-core
 development VM, echo of a 64 MiB array: pipe with huge-page receive buffers
 ~800-1,600 MiB/s; with the arguments in a memfd and results in named
-segments ~420-1,080 MiB/s (``python -m benchmarks.transports``).
+segments ~420-1,080 MiB/s (the echo row of ``pipework bench pool``).
 """
 
 from __future__ import annotations
