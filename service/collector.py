@@ -24,13 +24,14 @@ from typing import Any
 
 from service import pickling
 from service.errors import RemoteError, SerializationError
-from service.frames import Kind, Payload
+from service.frames import Frame, Kind, Payload
 from service.ledger import Ledger, Task
 from service.logs import get_logger
 
 __all__ = ["Collector", "RemoteTraceback", "rebuild_exception"]
 
 _log = get_logger("pipework.collector")
+_PLAIN_MAX = 4096
 
 Outcome = tuple[Task, Kind | None, Any]
 
@@ -107,6 +108,39 @@ class Collector:
         """Wait for the thread to exit."""
         if self._thread.is_alive() and threading.get_ident() != self.ident:
             self._thread.join(timeout)
+
+    def resolve_plain(self, task: Task, frame: Frame) -> bool:
+        """Resolve a small result of plain data on the calling (dispatcher) thread.
+
+        A result of at most ``_PLAIN_MAX`` bytes whose pickle names no class or
+        function (protocol 5 names every one with STACK_GLOBAL, byte 0x93) can
+        run no user code when loaded, so loading it cannot stall the caller;
+        and a future without callbacks needs no collector. Skipping the
+        collector's hop is most of a one-task round trip. Returns False when
+        the collector must do it.
+        """
+        payload = frame.payload
+        future = task.future
+        if (
+            future is None
+            or frame.buffers
+            or type(payload) is not bytes
+            or len(payload) > _PLAIN_MAX
+            or b"\x93" in payload
+            or future._callbacks
+        ):
+            return False
+        try:
+            value = pickle.loads(payload)
+        except Exception:  # a garbled result: the collector reports it
+            return False
+        if not future._pw_resolve_plain(value):
+            return False
+        task.payload = None
+        task.buffers = ()
+        self._ledger.release(task)
+        task.future = None
+        return True
 
     def _run(self) -> None:
         while True:

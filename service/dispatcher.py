@@ -100,12 +100,11 @@ class _Waker:
                 pass
 
     def drain(self) -> None:
+        self._signalled = False  # first: a wake() from now on writes again
         try:
-            while os.read(self._r, 4096):
-                pass
+            os.read(self._r, 4096)  # one byte per wake-up, so one read empties it
         except BlockingIOError:
             pass
-        self._signalled = False
 
     def close(self) -> None:
         os.close(self._r)
@@ -302,7 +301,8 @@ class Dispatcher:
             task = handle.tasks.popleft()
             task.state = TaskState.DONE if kind is Kind.RESULT else TaskState.FAILED
             task.worker = None
-            self._outcomes.append((task, kind, frame))
+            if kind is not Kind.RESULT or not self._collector.resolve_plain(task, frame):
+                self._outcomes.append((task, kind, frame))
             handle.arm(now)
         elif kind is Kind.SKIPPED:
             for i, task in enumerate(handle.tasks):
@@ -445,7 +445,7 @@ class Dispatcher:
     # -- commands, timers, dispatch -------------------------------------------------
 
     def _run_commands(self, now: float) -> None:
-        while True:
+        while not self._commands.empty():
             try:
                 command, arg = self._commands.get_nowait()
             except queue.Empty:

@@ -268,6 +268,22 @@ class TaskFuture(_cf.Future[T]):
                 return True
             return self._state == _cf.RUNNING  # a retry: it was already running
 
+    def _pw_resolve_plain(self, value: Any) -> bool:
+        """Set ``value`` on this thread unless callbacks wait (they run on the collector).
+
+        Returns False only for that: a future cancelled meanwhile needs nothing set.
+        """
+        with _LOCK:
+            if self._callbacks:
+                return False
+            if self._state not in _DONE:
+                self._result = value
+                self._state = _cf.FINISHED
+                for waiter in self._waiter_list or ():
+                    waiter.add_result(self)
+        self._pw_task = None
+        return True
+
     def _pw_resolve(self, value: Any = None, exc: BaseException | None = None) -> bool:
         """Set the outcome unless the future was cancelled meanwhile; True if set."""
         self._pw_task = None
