@@ -62,6 +62,7 @@ _PIPE_SIZE = 1024 * 1024
 # writev() rejects more than IOV_MAX buffers.
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 512)
 _KINDS = frozenset(int(k) for k in Kind)
+_JOIN_MAX = 16 * 1024
 
 
 def _grow_pipe(fd: int) -> None:
@@ -154,7 +155,10 @@ def _frame(kind: int, task_id: int, nbufs: int, body: Payload) -> Frame:
 def _pieces(
     kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview]
 ) -> list[memoryview]:
-    """The frame as a list of buffers for writev, none of them copied."""
+    """The frame as a list of buffers for writev, none of them copied but a small payload."""
+    if not buffers and len(payload) <= _JOIN_MAX:
+        # One piece: copying a small payload costs less than another iovec.
+        return [memoryview(_HEADER.pack(len(payload), kind, task_id, 0) + payload)]
     sizes = [b.nbytes for b in buffers]
     table = b"".join(_LENGTH.pack(n) for n in sizes)
     length = len(table) + len(payload) + sum(sizes)
@@ -298,9 +302,14 @@ class _WorkerPipeChannel:
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
     ) -> None:
-        bufs = collections.deque(_pieces(kind, task_id, payload, buffers))
+        pieces = _pieces(kind, task_id, payload, buffers)
         try:
-            _write_some(self._wfd, bufs)
+            if len(pieces) == 1:  # the usual small result: a plain write, no deque
+                view = pieces[0]
+                while view:
+                    view = view[os.write(self._wfd, view) :]
+            else:
+                _write_some(self._wfd, collections.deque(pieces))
         except OSError as exc:
             raise TransportBroken("dispatcher closed the result pipe") from exc
 
