@@ -140,10 +140,11 @@ def test_result_outlives_its_segment_name(make_pool: Callable[..., WorkerService
     assert int(result.sum()) == 7 * 16 * MiB
 
 
+@pytest.mark.parametrize("transport", ["pipe"])
 def test_large_pipe_bodies_are_read_into_fresh_mappings(
     make_pool: Callable[..., WorkerService],
 ) -> None:
-    pool = make_pool(1, transport="pipe")
+    pool = make_pool(1)
     result = pool.submit(tasks_shm.make_array, 2, 48 * MiB).result(timeout=RESULT_TIMEOUT)
     assert isinstance(mapping_of(result), mmap.mmap)
     assert np.array_equal(result, tasks_shm.array(2, 48 * MiB))
