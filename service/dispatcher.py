@@ -100,11 +100,12 @@ class _Waker:
                 pass
 
     def drain(self) -> None:
-        self._signalled = False  # first: a wake() from now on writes again
-        try:
-            os.read(self._r, 4096)  # one byte per wake-up, so one read empties it
-        except BlockingIOError:
-            pass
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._r, 4096)  # at most one byte is ever queued: one read empties it
+        # Only after the read: a wake() between the two is skipped, but its work
+        # is seen by this pass; cleared first, the read could swallow the byte of
+        # a wake() that left _signalled set, and every later wake() would be lost.
+        self._signalled = False
 
     def close(self) -> None:
         os.close(self._r)

@@ -10,12 +10,16 @@ queued ones elsewhere, and that a recycling limit is never overshot.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
+import select
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from service import WorkerService
+from service import dispatcher as dispatcher_module
+from service.dispatcher import _Waker
 from tests import tasks
 from tests import tasks_faults as faults
 
@@ -83,3 +87,28 @@ def test_recycling_limit_is_never_overshot(make_pool: Callable[..., WorkerServic
         counts[pid] = counts.get(pid, 0) + 1
     assert max(counts.values()) <= 7
     assert sum(counts.values()) == 300
+
+
+def test_waker_never_swallows_a_wake_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wake() racing the dispatcher's drain must not leave later wake-ups silent.
+
+    The race is forced: a wake() lands inside drain(), just before its read.
+    Whatever the order inside drain(), a wake() after it must make the
+    descriptor readable (a lost one stalled `pipework serve` for 1 s a task).
+    """
+    waker = _Waker()
+    try:
+        waker.wake()
+        real_read = os.read
+
+        def read_after_a_racing_wake(fd: int, n: int) -> bytes:
+            waker.wake()
+            return real_read(fd, n)
+
+        monkeypatch.setattr(dispatcher_module.os, "read", read_after_a_racing_wake)
+        waker.drain()
+        monkeypatch.setattr(dispatcher_module.os, "read", real_read)
+        waker.wake()
+        assert select.select([waker.fileno()], [], [], 0)[0], "a wake-up was lost"
+    finally:
+        waker.close()
