@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from service import WorkerService
-from service import dispatcher as dispatcher_module
 from service.dispatcher import _Waker
 from tests import tasks
 from tests import tasks_faults as faults
@@ -105,9 +104,9 @@ def test_waker_never_swallows_a_wake_up(monkeypatch: pytest.MonkeyPatch) -> None
             waker.wake()
             return real_read(fd, n)
 
-        monkeypatch.setattr(dispatcher_module.os, "read", read_after_a_racing_wake)
+        monkeypatch.setattr(os, "read", read_after_a_racing_wake)
         waker.drain()
-        monkeypatch.setattr(dispatcher_module.os, "read", real_read)
+        monkeypatch.setattr(os, "read", real_read)
         waker.wake()
         assert select.select([waker.fileno()], [], [], 0)[0], "a wake-up was lost"
     finally:
