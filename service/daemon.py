@@ -24,8 +24,11 @@ disk, and many submits share one fsync (group commit).
 
 The daemon runs only registered task names (``service.registry``), with JSON
 arguments; it never unpickles bytes from a socket. Tasks wait in the journal,
-not in memory: the ready queue holds (priority, seq, id) and the arguments
-are read back when a worker is free.
+not in memory: the ready queue holds (priority, seq, id), and the records of
+at most ``_HELD`` queued tasks are kept beside it so that starting one needs
+no read; the others' arguments are read back when a worker is free. Replies
+are built by ``service.daemon_replies``, results spliced in as the journal's
+JSON text.
 """
 
 from __future__ import annotations
@@ -36,13 +39,13 @@ import heapq
 import json
 import math
 import os
-import secrets
 import signal
 import stat
+import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from types import FrameType
@@ -63,7 +66,16 @@ from protocol.messages import (
     WorkersRequest,
 )
 from service.config import DaemonSettings
-from service.executor import WorkerService
+from service.daemon_replies import (
+    Peer,
+    dumps,
+    event,
+    ok_reply,
+    submit_reply,
+    task_info,
+    task_reply,
+)
+from service.executor import TaskOptions, WorkerService
 from service.journal import TERMINAL, Journal, JournalError, TaskRecord
 from service.logs import get_logger
 from service.notify import Notifier
@@ -85,6 +97,9 @@ _VERSION = "0.1.0"
 # smaller batch starts tasks sooner during a submit flood (benchmarks.daemon:
 # at 1024 a flood starved execution); 256 still fills a group commit.
 _BATCH = 256
+# Within a batch, runs that ended are settled and replaced every this many
+# requests: a worker then waits for a slice of a batch, not for all of it.
+_REFILL_EVERY = 32
 _PRUNE_EVERY = 60.0
 _PRUNE_BATCH = 2_000  # per pass: a pass must stay short, replies wait for it
 _MAX_SLEEP = 1.0
@@ -95,6 +110,9 @@ _WORKERS_UP_TIMEOUT = 30.0
 # Bodies this far over max_message_bytes are cut off by libzmq itself (the peer
 # is disconnected, no reply): a hostile client cannot make us buffer gigabytes.
 _HARD_CAP_FACTOR = 8
+# Queued tasks whose records are kept in memory (so that starting one needs no
+# journal read), at most; the rest wait in the journal alone.
+_HELD = 4096
 _Frames = list[bytes]
 _REVOKED = "\0revoked"  # the user of a CURVE peer whose key left the allow-list
 
@@ -108,23 +126,11 @@ class _Running:
     """A task handed to the pool."""
 
     record: TaskRecord
+    seq: int
     attempt: int
     started_at: float
     future: Future[Any] | None = None
     where: str = "local"
-
-
-@dataclass(slots=True)
-class _Peer:
-    """Where a reply or event goes: a ROUTER identity, and whether it sent a delimiter."""
-
-    identity: bytes
-    delimiter: bool
-    request_id: str
-    user: str | None = None  # the name of its CURVE key, on a CURVE endpoint
-
-    def frames(self, body: bytes) -> _Frames:
-        return [self.identity, b"", body] if self.delimiter else [self.identity, body]
 
 
 @dataclass(slots=True, order=True)
@@ -132,8 +138,26 @@ class _Waiter:
     deadline: float
     seq: int
     task_id: str = field(compare=False)
-    peer: _Peer = field(compare=False)
+    peer: Peer = field(compare=False)
     done: bool = field(default=False, compare=False)
+
+
+def _random_words() -> Iterator[int]:
+    """Unguessable 64-bit words from os.urandom, 256 per read (one each was 4% of a submit)."""
+    while True:
+        yield from struct.unpack("=256Q", os.urandom(2048))
+
+
+_words = _random_words()
+
+
+def _reseed() -> None:
+    # A forked child must not replay its parent's buffer.
+    global _words
+    _words = _random_words()
+
+
+os.register_at_fork(after_in_child=_reseed)
 
 
 def _new_task_id() -> str:
@@ -142,29 +166,7 @@ def _new_task_id() -> str:
     Time-ordered ids land on the journal index's last page instead of a random
     one: 5-8x fewer bytes written per accepted task than uuid4 (benchmarks.journal).
     """
-    return f"{time.time_ns():016x}{secrets.randbits(64):016x}"
-
-
-def _dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-def task_info(rec: TaskRecord, *, full: bool = True) -> dict[str, Any]:
-    """A journal record as the wire's TaskInfo object (docs/protocol.md)."""
-    return {
-        "task_id": rec.task_id,
-        "task": rec.name,
-        "key": rec.key,
-        "state": rec.state,
-        "attempts": rec.attempts,
-        "priority": rec.priority,
-        "created_at": rec.created_at,
-        "started_at": rec.started_at,
-        "finished_at": rec.finished_at,
-        "result": json.loads(rec.result_json) if full and rec.result_json is not None else None,
-        "error": json.loads(rec.error_json) if full and rec.error_json is not None else None,
-        "history": json.loads(rec.history_json) if full else [],
-    }
+    return f"{time.time_ns():016x}{next(_words):016x}"
 
 
 def _prepare_endpoint(endpoint: str, context: zmq.Context[Any]) -> None:
@@ -190,7 +192,7 @@ def _prepare_endpoint(endpoint: str, context: zmq.Context[Any]) -> None:
         probe.setsockopt(zmq.LINGER, 0)
         try:
             probe.connect(endpoint)
-            probe.send(_dumps({"v": 1, "id": "probe", "op": "stats"}))
+            probe.send(dumps({"v": 1, "id": "probe", "op": "stats"}))
             if probe.poll(500):
                 raise DaemonError(f"another pipework daemon is serving at {endpoint}")
         finally:
@@ -226,11 +228,14 @@ class Daemon:
         self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, task_id)
         self._delayed: list[tuple[float, int, str]] = []  # (not_before, seq, task_id)
         self._queued: set[str] = set()
+        self._held: dict[str, TaskRecord] = {}  # records of some queued tasks; see _HELD
+        self._options: dict[float | None, TaskOptions] = {}  # pool options by task timeout
+        self._wake_pending = False  # a completion has written to the wake-up pipe
         self._running: dict[str, _Running] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
         self._waiter_heap: list[_Waiter] = []
         self._waiter_seq = 0
-        self._notify: dict[str, list[_Peer]] = {}
+        self._notify: dict[str, list[Peer]] = {}
         self._out: list[_Frames] = []
         self._events_after_reply: list[_Frames] = []
         self._signals: list[int] = []
@@ -291,7 +296,7 @@ class Daemon:
         recovered = self._journal.recover()
         now = time.time()
         for rec in recovered:
-            self._enqueue(rec, now)
+            self._enqueue(rec, now, rec.seq, hold=True)
         if s.workers:
             self._pool = WorkerService(
                 s.workers,
@@ -449,7 +454,8 @@ class Daemon:
                     os.read(self._wake_r, 4096)
             if self._handle_signals():
                 return
-            self._take_completions()
+            self._wake_pending = False  # before taking: a later completion wakes us again
+            self._refill()  # first: the workers idle while requests are read
             if self._router in events:
                 self._read_requests()
             for monitor in self._monitors:
@@ -561,10 +567,18 @@ class Daemon:
 
     # -- requests -------------------------------------------------------------------
 
+    def _refill(self) -> None:
+        """Settle the runs that ended and start queued tasks in their place."""
+        self._take_completions()
+        if not self._draining:
+            self._dispatch(time.time())
+
     def _read_requests(self) -> None:
         assert self._router is not None
         curve = self._curve is not None and needs_curve(self.settings.endpoint)
-        for _ in range(_BATCH):
+        for i in range(1, _BATCH + 1):
+            if i % _REFILL_EVERY == 0 and not self._completions.empty():
+                self._refill()
             try:
                 if curve:
                     # Frames, not bytes: the sender's CURVE key rides on them.
@@ -586,12 +600,12 @@ class Daemon:
             request, delimiter = decode_request(body, self.settings.max_message_bytes)
         except ProtocolError as exc:
             delimiter = len(body) == 2 and body[0] == b""
-            peer = _Peer(identity, delimiter, exc.request_id or "", user)
+            peer = Peer(identity, delimiter, exc.request_id or "", user)
             self._out.append(
                 peer.frames(error_reply(exc.request_id, exc.code, exc.message, exc.detail))
             )
             return
-        peer = _Peer(identity, delimiter, request.id, user)
+        peer = Peer(identity, delimiter, request.id, user)
         try:
             if user == _REVOKED:
                 raise ProtocolError(
@@ -610,13 +624,13 @@ class Daemon:
             self._events_after_reply.clear()
 
     def _ok(self, request: Request, **fields: Any) -> bytes:
-        return _dumps({"v": 1, "id": request.id, "ok": True, "op": request.op, **fields})
+        return ok_reply(request.id, request.op, **fields)
 
-    def _handle(self, request: Request, peer: _Peer) -> bytes | None:
+    def _handle(self, request: Request, peer: Peer) -> bytes | None:
         if isinstance(request, SubmitRequest):
             return self._submit(request, peer)
         if isinstance(request, StatusRequest):
-            return self._ok(request, task=task_info(self._get(request.task_id)))
+            return task_reply(request.id, "status", self._get(request.task_id))
         if isinstance(request, ResultRequest):
             return self._result(request, peer)
         if isinstance(request, CancelRequest):
@@ -641,7 +655,7 @@ class Daemon:
             )
         return rec
 
-    def _submit(self, req: SubmitRequest, peer: _Peer) -> bytes:
+    def _submit(self, req: SubmitRequest, peer: Peer) -> bytes:
         assert self._journal is not None
         if self._draining:
             raise ProtocolError(ErrorCode.DRAINING, "the daemon is shutting down")
@@ -659,75 +673,82 @@ class Daemon:
                 {"allowed": sorted(allowed)},
             )
         try:
-            args_json, kwargs_json = canonical_json(req.args), canonical_json(req.kwargs)
+            args_json = canonical_json(req.args) if req.args else "[]"
+            kwargs_json = canonical_json(req.kwargs) if req.kwargs else "{}"
         except ValueError as exc:  # NaN/Infinity smuggled in as a float
             raise ProtocolError(ErrorCode.INVALID, f"arguments are not JSON: {exc}") from None
-        if req.key is not None:
-            old = self._journal.by_key(req.key)
-            if old is not None:
-                if (old.name, old.args_json, old.kwargs_json) != (req.task, args_json, kwargs_json):
-                    raise ProtocolError(
-                        ErrorCode.KEY_CONFLICT,
-                        f"key {req.key!r} already names task {old.task_id} with another "
-                        "task or arguments",
-                        {"task_id": old.task_id},
-                    )
-                if req.notify:
-                    self._watch(old, peer)
-                return self._ok(req, task_id=old.task_id, state=old.state, duplicate=True)
         unfinished = len(self._queued) + len(self._running)
         if unfinished >= self.settings.max_queued:
+            # A duplicate adds nothing: it is answered even when the daemon is full.
+            old = None if req.key is None else self._journal.by_key(req.key)
+            if old is not None:
+                return self._duplicate(req, peer, old, args_json, kwargs_json)
             raise ProtocolError(
                 ErrorCode.QUEUE_FULL,
                 f"the daemon holds {unfinished} unfinished tasks already",
                 {"limit": self.settings.max_queued},
             )
         now = time.time()
-        rec = self._journal.add(
-            TaskRecord(
-                task_id=_new_task_id(),
-                name=req.task,
-                key=req.key,
-                args_json=args_json,
-                kwargs_json=kwargs_json,
-                state="queued",
-                priority=req.priority,
-                not_before=now + req.delay if req.delay else 0.0,
-                timeout=req.timeout,
-                retries=self.settings.retries if req.retries is None else req.retries,
-                attempts=0,
-                created_at=now,
-                started_at=None,
-                finished_at=None,
-                result_json=None,
-                error_json=None,
-                history_json="[]",
-                seq=0,
-            )
+        rec = TaskRecord(
+            task_id=_new_task_id(),
+            name=req.task,
+            key=req.key,
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            state="queued",
+            priority=req.priority,
+            not_before=now + req.delay if req.delay else 0.0,
+            timeout=req.timeout,
+            retries=self.settings.retries if req.retries is None else req.retries,
+            attempts=0,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            result_json=None,
+            error_json=None,
+            history_json="[]",
+            seq=0,  # the journal's seq rides beside it, in the ready heap
         )
+        # The key's unique index finds a duplicate: no lookup before the insert.
+        seq = self._journal.insert(rec)
+        if seq is None:
+            assert req.key is not None
+            old = self._journal.by_key(req.key)
+            assert old is not None
+            return self._duplicate(req, peer, old, args_json, kwargs_json)
         self._accepted += 1
         if self._metrics is not None:
             self._metrics.accepted(req.task)
-        self._enqueue(rec, now)
+        self._enqueue(rec, now, seq, hold=True)
         if req.notify:
             self._notify.setdefault(rec.task_id, []).append(peer)
-        return self._ok(req, task_id=rec.task_id, state="queued", duplicate=False)
+        return submit_reply(req.id, rec.task_id, "queued", duplicate=False)
 
-    def _watch(self, rec: TaskRecord, peer: _Peer) -> None:
+    def _duplicate(
+        self, req: SubmitRequest, peer: Peer, old: TaskRecord, args_json: str, kwargs_json: str
+    ) -> bytes:
+        """The reply to a submit whose key names task ``old`` already."""
+        if (old.name, old.args_json, old.kwargs_json) != (req.task, args_json, kwargs_json):
+            raise ProtocolError(
+                ErrorCode.KEY_CONFLICT,
+                f"key {req.key!r} already names task {old.task_id} with another task or arguments",
+                {"task_id": old.task_id},
+            )
+        if req.notify:
+            self._watch(old, peer)
+        return submit_reply(req.id, old.task_id, old.state, duplicate=True)
+
+    def _watch(self, rec: TaskRecord, peer: Peer) -> None:
         """Push a task_done event to ``peer`` when ``rec`` finishes (now, if it has)."""
         if rec.state in TERMINAL:
-            self._events_after_reply.append(peer.frames(self._event(rec, peer)))
+            self._events_after_reply.append(peer.frames(event(peer.request_id, rec)))
         else:
             self._notify.setdefault(rec.task_id, []).append(peer)
 
-    @staticmethod
-    def _event(rec: TaskRecord, peer: _Peer) -> bytes:
-        return _dumps({"v": 1, "event": "task_done", "id": peer.request_id, "task": task_info(rec)})
-
-    def _result(self, req: ResultRequest, peer: _Peer) -> bytes | None:
+    def _result(self, req: ResultRequest, peer: Peer) -> bytes | None:
         rec = self._get(req.task_id)
         if rec.state in TERMINAL:
-            return self._ok(req, task=task_info(rec))
+            return task_reply(req.id, "result", rec)
         if req.wait <= 0:
             raise self._not_ready(rec)
         self._waiter_seq += 1
@@ -788,6 +809,7 @@ class Daemon:
                 self._metrics.restarted("cancelled")
             self._pop_running(rec.task_id)
         self._queued.discard(rec.task_id)
+        self._held.pop(rec.task_id, None)
         error = {"type": "Cancelled", "message": "cancelled by a client", "traceback": ""}
         self._finish(rec, "cancelled", error_json=canonical_json(error))
         return self._ok(req, cancelled=True, task=task_info(self._get(rec.task_id)))
@@ -839,12 +861,15 @@ class Daemon:
 
     # -- scheduling -----------------------------------------------------------------
 
-    def _enqueue(self, rec: TaskRecord, now: float) -> None:
+    def _enqueue(self, rec: TaskRecord, now: float, seq: int, *, hold: bool = False) -> None:
+        """Queue a task; ``hold`` keeps its record in memory if ``rec`` is the journal's."""
         self._queued.add(rec.task_id)
         if rec.not_before > now:
-            heapq.heappush(self._delayed, (rec.not_before, rec.seq, rec.task_id))
-        else:
-            heapq.heappush(self._ready, (-rec.priority, rec.seq, rec.task_id))
+            heapq.heappush(self._delayed, (rec.not_before, seq, rec.task_id))
+            return
+        heapq.heappush(self._ready, (-rec.priority, seq, rec.task_id))
+        if hold and len(self._held) < _HELD:
+            self._held[rec.task_id] = rec
 
     def _promote(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
@@ -873,8 +898,9 @@ class Daemon:
         while self._ready and self._has_capacity():
             _, seq, task_id = heapq.heappop(self._ready)
             if task_id not in self._queued:
+                self._held.pop(task_id, None)
                 continue  # cancelled while it waited
-            rec = self._get(task_id)
+            rec = self._held.get(task_id) or self._get(task_id)
             session = None
             if not self._local_free():
                 assert self._remotes is not None
@@ -885,9 +911,10 @@ class Daemon:
                     heapq.heappush(self._ready, (-rec.priority, seq, task_id))
                     return
             self._queued.discard(task_id)
+            self._held.pop(task_id, None)
             attempt = rec.attempts + 1
             self._journal.started(task_id, attempt, now)
-            run = _Running(rec, attempt, now)
+            run = _Running(rec, seq, attempt, now)
             self._running[task_id] = run
             timeout = rec.timeout if rec.timeout is not None else self.settings.task_timeout
             if session is not None:
@@ -899,8 +926,12 @@ class Daemon:
                 continue
             assert self._pool is not None
             fn = self._tasks[rec.name]
-            args, kwargs = json.loads(rec.args_json), json.loads(rec.kwargs_json)
-            future = self._pool.options(timeout=timeout, retries=0).submit(fn, *args, **kwargs)
+            args = json.loads(rec.args_json)
+            kwargs = {} if rec.kwargs_json == "{}" else json.loads(rec.kwargs_json)
+            options = self._options.get(timeout)
+            if options is None:
+                options = self._options[timeout] = self._pool.options(timeout=timeout, retries=0)
+            future = options.submit(fn, *args, **kwargs)
             run.future = future
             self._local_running += 1
             future.add_done_callback(functools.partial(self._completed, task_id))
@@ -913,9 +944,11 @@ class Daemon:
         self._settle(run, event.outcome)
 
     def _completed(self, task_id: str, future: Future[Any]) -> None:
-        """Collector thread: hand the outcome to the loop."""
+        """Collector thread: hand the outcome to the loop (one wake-up per pass, not per task)."""
         self._completions.put((task_id, future))
-        self._wake()
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake()
 
     def _take_completions(self) -> None:
         while True:
@@ -932,7 +965,7 @@ class Daemon:
     def _settle(self, run: _Running, outcome: Outcome) -> None:
         """Record how one run ended: finish the task, or queue it again."""
         assert self._journal is not None
-        rec = replace(run.record, attempts=run.attempt)
+        rec = run.record  # as it was queued: the run holds its attempt and start
         state = outcome.state
         if self._metrics is not None:
             self._metrics.run_ended(rec.name, state, time.time() - run.started_at)
@@ -943,6 +976,7 @@ class Daemon:
             self._finish(
                 rec,
                 state,
+                run=run,
                 result_json=outcome.result_json,
                 error_json=None if outcome.error is None else canonical_json(outcome.error),
                 worker_pid=outcome.worker_pid,
@@ -969,7 +1003,7 @@ class Daemon:
         )
         if losses <= rec.retries:
             self._journal.requeue(rec.task_id, entry)
-            self._enqueue(rec, 0.0)
+            self._enqueue(rec, 0.0, run.seq)  # not held: its history just grew
             return
         last = outcome.error["message"] if outcome.error else "worker lost"
         message = (
@@ -981,6 +1015,7 @@ class Daemon:
         self._finish(
             rec,
             "quarantined",
+            run=run,
             error_json=canonical_json(error),
             history_entry=entry,
             worker_pid=outcome.worker_pid,
@@ -991,16 +1026,20 @@ class Daemon:
         rec: TaskRecord,
         state: str,
         *,
+        run: _Running | None = None,
         result_json: str | None = None,
         error_json: str | None = None,
         history_entry: Mapping[str, Any] | None = None,
         worker_pid: int | None = None,
     ) -> None:
+        """Move ``rec`` (as queued, if ``run`` ended; else as the journal holds it) to ``state``."""
         assert self._journal is not None
+        attempts = rec.attempts if run is None else run.attempt
+        at = time.time()
         self._journal.finish(
             rec.task_id,
             state,
-            time.time(),
+            at,
             result_json=result_json,
             error_json=error_json,
             history_entry=history_entry,
@@ -1013,8 +1052,8 @@ class Daemon:
                 rec.task_id,
                 rec.name,
                 state,
-                attempts=rec.attempts,
-                finished_at=time.time(),
+                attempts=attempts,
+                finished_at=at,
                 error_json=error_json,
             )
         log = _log.debug if state == "done" else _log.info  # one line per task is noise
@@ -1024,30 +1063,40 @@ class Daemon:
             task=rec.name,
             state=state,
             worker_pid=worker_pid,
-            attempt=rec.attempts,
+            attempt=attempts,
         )
         waiters = self._waiters.pop(rec.task_id, [])
         peers = self._notify.pop(rec.task_id, [])
         if not waiters and not peers:
             return
-        done = self._get(rec.task_id)
+        if history_entry is None:  # the record as finish() left it, without reading it back
+            done = TaskRecord(
+                task_id=rec.task_id,
+                name=rec.name,
+                key=rec.key,
+                args_json=rec.args_json,
+                kwargs_json=rec.kwargs_json,
+                state=state,
+                priority=rec.priority,
+                not_before=rec.not_before,
+                timeout=rec.timeout,
+                retries=rec.retries,
+                attempts=attempts,
+                created_at=rec.created_at,
+                started_at=rec.started_at if run is None else run.started_at,
+                finished_at=at,
+                result_json=result_json,
+                error_json=error_json,
+                history_json=rec.history_json,
+                seq=rec.seq,
+            )
+        else:
+            done = self._get(rec.task_id)
         for waiter in waiters:
             waiter.done = True
-            self._out.append(
-                waiter.peer.frames(
-                    _dumps(
-                        {
-                            "v": 1,
-                            "id": waiter.peer.request_id,
-                            "ok": True,
-                            "op": "result",
-                            "task": task_info(done),
-                        }
-                    )
-                )
-            )
+            self._out.append(waiter.peer.frames(task_reply(waiter.peer.request_id, "result", done)))
         for peer in peers:
-            self._out.append(peer.frames(self._event(done, peer)))
+            self._out.append(peer.frames(event(peer.request_id, done)))
 
     def _send(self) -> None:
         assert self._router is not None

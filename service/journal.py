@@ -1,8 +1,8 @@
 """The daemon's journal: every task it accepted, in an embedded SQLite database.
 
 ```
- daemon loop ── add / started / requeue / finish / prune ──▶ open transaction (BEGIN IMMEDIATE)
-      │                                                        (nothing durable yet)
+ daemon loop ── insert / started / requeue / finish / prune ──▶ open transaction (BEGIN IMMEDIATE)
+      │                                                           (nothing durable yet)
       └── flush() ── COMMIT: one WAL append + one fsync for every write since the last flush
                      (group commit), then the daemon replies "accepted" to those clients
  restart ── Journal(path) ── recover(): queued + running tasks, running ones set back to queued
@@ -296,7 +296,7 @@ def _fsync_dir(directory: str) -> None:
 class Journal:
     """The daemon's task journal: an SQLite database in WAL mode, written by group commit.
 
-    Writes (``add``, ``started``, ``requeue``, ``finish``, ``prune``) go into one
+    Writes (``add``/``insert``, ``started``, ``requeue``, ``finish``, ``prune``) go into one
     open transaction and are durable only once ``flush()`` commits it. Reads
     see every write so far, flushed or not. Use from one thread only.
     """
@@ -522,6 +522,40 @@ class Journal:
         seq = cur.lastrowid
         assert seq is not None
         return TaskRecord(*(*values, seq))
+
+    @_sql_errors
+    def insert(self, rec: TaskRecord) -> int | None:
+        """Insert a new queued task unless its key is held: the hot path of a submit.
+
+        One statement where ``by_key`` then ``add`` would take two: the key's
+        unique index does the lookup, and a conflict undoes only this statement.
+
+        Args:
+            rec: the task; its ``state`` must be ``"queued"``; its ``seq`` is ignored
+                (the record is not rebuilt with the new one: that costs more than the insert's
+                Python side, and the caller can pair the two).
+
+        Returns:
+            Its ``seq`` (insertion order), or None if another task holds ``rec.key``
+            (nothing was written; ``by_key`` finds that task).
+
+        Raises:
+            ValueError: ``rec.state`` is not ``"queued"``, or the journal already
+                holds a task with this ``task_id``.
+        """
+        if rec.state != "queued":
+            raise ValueError(f"insert() takes a queued task, not one in state {rec.state!r}")
+        conn = self._begin()
+        try:
+            cur = conn.execute(_INSERT, _insert_values(rec))
+        except sqlite3.IntegrityError as exc:
+            if rec.key is not None and self.by_key(rec.key) is not None:
+                return None
+            raise ValueError(f"cannot add task {rec.task_id}: {exc}") from exc
+        self._writes += 1
+        seq = cur.lastrowid
+        assert seq is not None
+        return seq
 
     @_sql_errors
     def started(self, task_id: str, attempt: int, at: float) -> None:

@@ -41,9 +41,13 @@ class Outcome:
     signal: str | None = None
 
 
+# Built once: json.dumps with any option builds a new encoder per call (about half its cost).
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+
+
 def canonical_json(value: Any) -> str:
     """Compact JSON with sorted keys; NaN and Infinity refused (``ValueError``), as JSON does."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _canonical(value)
 
 
 def _error(type_name: str, message: str, traceback: str = "") -> dict[str, str]:

@@ -133,6 +133,22 @@ def test_unique_key_and_task_id(journal: Journal) -> None:
     assert journal.counts()["queued"] == 1
 
 
+def test_insert_returns_the_seq_or_none_for_a_held_key(journal: Journal) -> None:
+    seq = journal.insert(record(1, key="k"))
+    assert seq is not None
+    assert journal.get("t1") == dataclasses.replace(record(1, key="k"), seq=seq)
+    assert journal.insert(record(2, key="k")) is None  # the key is held: nothing written
+    assert (journal.insert(record(3)) or 0) > seq
+    with pytest.raises(ValueError, match="t1"):
+        journal.insert(record(1, key="other"))
+    with pytest.raises(ValueError, match="queued"):
+        journal.insert(dataclasses.replace(record(4), state="running"))
+    assert journal.flush() == 2
+    assert journal.get("t2") is None
+    assert journal.by_key("other") is None
+    assert journal.counts()["queued"] == 2
+
+
 def test_started_requeue_finish(journal: Journal) -> None:
     journal.add(record(1))
     journal.started("t1", 1, 1500.0)
