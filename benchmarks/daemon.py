@@ -68,6 +68,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import socket
@@ -78,7 +79,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, NoReturn
@@ -243,8 +244,17 @@ def _link(placement: Placement, workdir: Path, slots: int) -> _Link:
     return _Link(endpoint, daemon_flags, [*worker, *worker_flags])
 
 
-def _spawn(cmd: Sequence[str], endpoint: str, workdir: Path, log_name: str) -> _Server:
-    """Start ``cmd`` from the project root, in its own session, logging to ``workdir/log_name``."""
+def _spawn(
+    cmd: Sequence[str],
+    endpoint: str,
+    workdir: Path,
+    log_name: str,
+    env: Mapping[str, str] | None = None,
+) -> _Server:
+    """Start ``cmd`` from the project root, in its own session, logging to ``workdir/log_name``.
+
+    ``env`` adds to (or overrides) this process's environment.
+    """
     log_path = workdir / log_name
     with log_path.open("wb") as log:
         # Its own session: a Ctrl-C at the terminal reaches only us, and we stop it in order.
@@ -255,6 +265,7 @@ def _spawn(cmd: Sequence[str], endpoint: str, workdir: Path, log_name: str) -> _
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
         )
     return _Server(proc, endpoint, log_path)
 
@@ -306,14 +317,19 @@ def _alive(proc: psutil.Process) -> bool:
 
 @contextlib.contextmanager
 def _serving(
-    cmd: Sequence[str], endpoint: str, workdir: Path, record: JSONDict, log_name: str = "server.log"
+    cmd: Sequence[str],
+    endpoint: str,
+    workdir: Path,
+    record: JSONDict,
+    log_name: str = "server.log",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[_Server]:
     """Run a server for the ``with`` block; how it stopped and what it logged go in ``record``.
 
     ``workdir`` must exist already (mode 0700: the daemon refuses an ipc
     directory others can enter).
     """
-    server = _spawn(cmd, endpoint, workdir, log_name)
+    server = _spawn(cmd, endpoint, workdir, log_name, env)
     try:
         yield server
     finally:
@@ -678,12 +694,15 @@ def _on_daemon(
     journal: JournalMode,
     measure: Callable[[_Dealer], JSONDict],
     placement: Placement = "local",
+    after_warm_up: Callable[[_Server], JSONDict] | None = None,
 ) -> JSONDict:
     """Start a fresh daemon (and its remote worker), warm up, ``measure``, stop; the record.
 
     With a remote ``placement`` the daemon runs no workers of its own, and one
     remote worker with ``plan.workers`` slots connects over that link; the
     worker is stopped first (its record goes under ``remote_worker``).
+    ``after_warm_up`` (``benchmarks.queues`` reads the idle daemon's memory
+    there) runs before ``measure``; what it returns goes in the record.
     """
     workdir = root / name
     workdir.mkdir(mode=0o700)  # the daemon refuses an ipc directory others can enter
@@ -731,6 +750,8 @@ def _on_daemon(
             server.remember_descendants()
             if remote is not None:
                 remote.remember_descendants()
+            if after_warm_up is not None:
+                record.update(after_warm_up(server))
             meter = _CpuMeter(server, remote)
             record.update(measure(dealer))
             record["cpu"] = meter.read()
