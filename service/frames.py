@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-__all__ = ["Frame", "Kind", "Payload"]
+__all__ = ["KIND_OF", "Frame", "Kind", "Payload"]
 
 Payload = bytes | bytearray | memoryview
 """Frame bodies: bytes, the bytearray a large payload was read into, or a
@@ -40,6 +40,11 @@ class Kind(enum.IntEnum):
     """parent -> worker: don't start this task, queued behind the running one, if not started."""
     SKIPPED = 9
     """worker -> parent: I dropped that cancelled task without running it."""
+
+
+KIND_OF: dict[int, Kind] = {int(k): k for k in Kind}
+"""Kind by its wire value: transports decode with a dict lookup, 10x cheaper than ``Kind(n)``,
+and test a header's kind for membership in it."""
 
 
 class Frame(NamedTuple):

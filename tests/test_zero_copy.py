@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import SerializationError, TaskTimeout, WorkerLost, WorkerService, shm
+from service import SerializationError, TaskTimeout, WorkerLost, WorkerService, pickling, shm
 from tests import tasks, tasks_shm
 from tests import tasks_faults as faults
 from tests.conftest import wait_for
@@ -260,6 +260,27 @@ def test_timed_out_and_cancelled_tasks_release_their_arguments(
 
 
 # -- the segments themselves ------------------------------------------------------------
+
+
+def test_only_large_contiguous_buffers_go_out_of_band() -> None:
+    # The fast path pickles once with no buffer list; a large buffer restarts
+    # it on the slow path, which must still send every large buffer out of band.
+    small = np.arange(100, dtype=np.uint8)
+    large = np.arange(pickling.OUT_OF_BAND_MIN, dtype=np.uint8)
+    strided = np.zeros(4 * pickling.OUT_OF_BAND_MIN, dtype=np.uint8)[::2]
+    for obj, out_of_band in [
+        ((1, "a", {}), 0),
+        ((small, bytearray(10)), 0),
+        ((small, large), 1),
+        ((large, strided, large[:10], large.copy()), 2),
+        (bytearray(large.tobytes()), 0),  # pickle writes a bytearray in band (BYTEARRAY8)
+        (strided, 0),  # not contiguous: in band
+    ]:
+        payload, buffers = pickling.dumps(obj)
+        assert len(buffers) == out_of_band, obj
+        assert all(b.nbytes >= pickling.OUT_OF_BAND_MIN for b in buffers)
+        back = pickling.loads(payload, buffers)
+        np.testing.assert_equal(back, obj)
 
 
 def test_share_and_attach_in_one_process() -> None:

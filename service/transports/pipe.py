@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 from service import shm
-from service.frames import Frame, Kind, Payload
+from service.frames import KIND_OF, Frame, Kind, Payload
 from service.transports.base import (
     ParentChannel,
     TransportBroken,
@@ -61,7 +61,6 @@ _RECV_BUDGET = 16 * 1024 * 1024
 _PIPE_SIZE = 1024 * 1024
 # writev() rejects more than IOV_MAX buffers.
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 512)
-_KINDS = frozenset(int(k) for k in Kind)
 _JOIN_MAX = 16 * 1024
 
 
@@ -108,7 +107,7 @@ class _FrameReader:
         with memoryview(buf) as view:  # slices of a view copy once, not twice
             while end - pos >= _HEADER.size:
                 length, kind, task_id, nbufs = _HEADER.unpack_from(view, pos)
-                if kind not in _KINDS:
+                if kind not in KIND_OF:
                     raise TransportBroken(f"malformed frame: unknown kind {kind}")
                 start = pos + _HEADER.size
                 if end - start >= length:
@@ -135,7 +134,7 @@ class _FrameReader:
 
 def _frame(kind: int, task_id: int, nbufs: int, body: Payload) -> Frame:
     if not nbufs:
-        return Frame(Kind(kind), task_id, body)
+        return Frame(KIND_OF[kind], task_id, body)
     view = memoryview(body)
     table = _LENGTH.size * nbufs
     if table > len(body):
@@ -149,7 +148,7 @@ def _frame(kind: int, task_id: int, nbufs: int, body: Payload) -> Frame:
     for n in lengths:
         buffers.append(view[pos : pos + n])
         pos += n
-    return Frame(Kind(kind), task_id, view[table:end], tuple(buffers))
+    return Frame(KIND_OF[kind], task_id, view[table:end], tuple(buffers))
 
 
 def _pieces(

@@ -92,7 +92,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from service import shm
-from service.frames import Frame, Kind
+from service.frames import KIND_OF, Frame, Kind
 from service.logs import get_logger
 from service.transports.base import (
     ParentChannel,
@@ -112,7 +112,6 @@ _DRAIN_TIMEOUT = 2.0
 _JOIN_TIMEOUT = 5.0
 # Seconds QueueTransport.close() waits for every reader and feeder thread to end.
 _PIPE_SIZE = 1024 * 1024
-_KINDS = frozenset(int(k) for k in Kind)
 # Semaphores created in a spawn context can be handed to a worker started any
 # way (a fork child inherits them; spawn and forkserver reopen them by name);
 # those of a fork context cannot cross to spawn or forkserver.
@@ -171,13 +170,13 @@ def _frame(item: object) -> Frame:
     if not isinstance(item, tuple) or len(item) != 4:
         raise TransportBroken(f"malformed frame: {type(item).__name__}")
     kind, task_id, payload, buffers = item
-    if kind not in _KINDS or type(task_id) is not int:
+    if kind not in KIND_OF or type(task_id) is not int:
         raise TransportBroken(f"malformed frame: kind {kind!r}, task id {task_id!r}")
     if not isinstance(payload, bytes) or not isinstance(buffers, tuple):
         raise TransportBroken("malformed frame: payload or buffers of the wrong type")
     if not all(isinstance(b, bytes) for b in buffers):
         raise TransportBroken("malformed frame: a buffer that is not bytes")
-    return Frame(Kind(kind), task_id, payload, buffers)
+    return Frame(KIND_OF[kind], task_id, payload, buffers)
 
 
 class _ParentQueueChannel:

@@ -43,7 +43,7 @@ from typing import Literal
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from service.frames import Frame, Kind
+from service.frames import KIND_OF, Frame, Kind
 from service.transports.base import (
     ParentChannel,
     TransportBroken,
@@ -54,7 +54,6 @@ from service.transports.base import (
 __all__ = ["HEARTBEAT_TIMEOUT", "WORKER_LINGER_MS", "ZmqTransport"]
 
 _HEADER = struct.Struct("<BQ")
-_KINDS = frozenset(int(k) for k in Kind)
 _HWM = 1000
 _INLINE_MAX = 64 * 1024
 _MAX_MESSAGE = 1 << 34  # 16 GiB: local workers are trusted; it only bounds garbage
@@ -103,7 +102,7 @@ def _decode(parts: Sequence[zmq.Frame]) -> Frame:
     if len(head) < _HEADER.size:
         raise TransportBroken(f"malformed frame: header of {len(head)} bytes")
     kind, task_id = _HEADER.unpack_from(head)
-    if kind not in _KINDS:
+    if kind not in KIND_OF:
         raise TransportBroken(f"malformed frame: unknown kind {kind}")
     if len(head) > _HEADER.size:
         payload, rest = head[_HEADER.size :], parts[1:]
@@ -111,7 +110,7 @@ def _decode(parts: Sequence[zmq.Frame]) -> Frame:
         payload, rest = parts[1].buffer, parts[2:]
     else:
         raise TransportBroken("malformed message: payload part missing")
-    return Frame(Kind(kind), task_id, payload, tuple(part.buffer for part in rest))
+    return Frame(KIND_OF[kind], task_id, payload, tuple(part.buffer for part in rest))
 
 
 class _ParentZmqChannel:
