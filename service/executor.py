@@ -39,7 +39,7 @@ from service.futures import TaskFuture
 from service.ledger import Ledger, Task
 from service.supervisor import StartMethod, Supervisor, default_start_method
 from service.transports import Transport, get_transport
-from service.worker import call_chunk, type_name
+from service.worker import call_chunk, map_chunk, type_name
 
 __all__ = [
     "AUTO_CHUNK_MAX",
@@ -151,7 +151,7 @@ def _pickle_call(
             return pickling.dumps((reference, args, kwargs))
         return pickling.dumps((fn, args, kwargs))
     except Exception as exc:
-        if fn is call_chunk:  # a map chunk: (user function, items)
+        if fn is call_chunk or fn is map_chunk:  # a map chunk: (user function, items)
             fn, args = args[0], args[1:]
         raise _blame(exc, fn, [*args, *kwargs.values()], "function", "argument") from exc
 
@@ -411,9 +411,14 @@ class WorkerService(Executor):
         _check_positive("timeout", timeout, allow_zero=True)
         ahead = buffersize if buffersize is not None else 4 * self._max_workers
         end = None if timeout is None else time.monotonic() + timeout
-        calls: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
-        chunks = _Chunks(calls, chunksize)
-        return _MapIterator(lambda chunk: submit(call_chunk, fn, chunk), chunks, ahead, end)
+        if len(iterables) == 1:
+            items: Iterator[Any] = iter(iterables[0])
+            run_chunk: Callable[..., list[Any]] = map_chunk
+        else:
+            items = zip(*iterables, strict=False)
+            run_chunk = call_chunk
+        chunks = _Chunks(items, chunksize)
+        return _MapIterator(lambda chunk: submit(run_chunk, fn, chunk), chunks, ahead, end)
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await pool.run(fn, x)``: submit and await the result in asyncio."""
@@ -481,7 +486,7 @@ class WorkerService(Executor):
 
 
 @final
-class _Chunks(Iterator[tuple[tuple[Any, ...], ...]]):
+class _Chunks(Iterator[list[Any]]):
     """``map``'s input cut into chunks: of a fixed size, or sized by how long chunks take.
 
     The automatic size starts at 1 (the first result comes as soon as one
@@ -491,13 +496,13 @@ class _Chunks(Iterator[tuple[tuple[Any, ...], ...]]):
     chunks in flight, so chunks settle at a fraction of that time each.
     """
 
-    def __init__(self, calls: Iterator[tuple[Any, ...]], size: int | None) -> None:
-        self._calls = calls
+    def __init__(self, items: Iterator[Any], size: int | None) -> None:
+        self._items = items
         self.auto = size is None
         self.size = 1 if size is None else size
 
-    def __next__(self) -> tuple[tuple[Any, ...], ...]:
-        chunk = tuple(itertools.islice(self._calls, self.size))
+    def __next__(self) -> list[Any]:
+        chunk = list(itertools.islice(self._items, self.size))
         if not chunk:
             raise StopIteration
         return chunk
@@ -513,78 +518,107 @@ class _Chunks(Iterator[tuple[tuple[Any, ...], ...]]):
 
 
 @final
+class _InFlight:
+    """``map``'s chunks submitted ahead of the reader, oldest first.
+
+    It cancels what is left when closed or garbage-collected. The iterator
+    over results and the ``_MapIterator`` both hold it (never each other), so
+    it lives exactly as long as someone can still read a result.
+    """
+
+    __slots__ = ("chunks", "end", "futures", "submit")
+
+    def __init__(
+        self,
+        submit: Callable[[list[Any]], TaskFuture[list[Any]]],
+        chunks: _Chunks,
+        end: float | None,
+    ) -> None:
+        self.submit = submit
+        self.chunks = chunks
+        self.end = end
+        self.futures: collections.deque[Future[list[Any]]] = collections.deque()
+
+    def submit_next(self) -> bool:
+        chunk = next(self.chunks, None)
+        if chunk is None:
+            return False
+        future = self.submit(chunk)
+        if self.chunks.auto:
+            started, items, observe = time.monotonic(), len(chunk), self.chunks.observe
+            future.add_done_callback(lambda _: observe(items, time.monotonic() - started))
+        self.futures.append(future)
+        return True
+
+    def refill(self) -> None:
+        # Past the first chunks, a chunk that cannot be submitted fails where
+        # its items are, so the results before it are still delivered.
+        try:
+            self.submit_next()
+        except PipeworkError as exc:
+            failed: Future[list[Any]] = Future()
+            failed.set_exception(exc)
+            self.futures.append(failed)
+
+    def close(self) -> None:
+        while self.futures:
+            self.futures.popleft().cancel()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _results(flight: _InFlight) -> Iterator[list[Any]]:
+    """Each chunk's results in order, refilling the window as chunks are taken."""
+    while flight.futures:
+        future = flight.futures.popleft()
+        flight.refill()
+        try:
+            left = None if flight.end is None else flight.end - time.monotonic()
+            chunk = future.result(left)
+        except BaseException:
+            future.cancel()  # a timed-out chunk must not keep its worker
+            flight.close()
+            raise
+        yield chunk
+
+
+@final
 class _MapIterator(Iterator[T]):
     """Results of ``map`` in order, keeping ``ahead`` chunks in flight.
 
     A class rather than a generator so that ``close()`` (or garbage
     collection) cancels outstanding chunks even before the first ``next()``.
+    Iterating it (``for``, ``list``, ``sum``) runs over a C-level chain of the
+    result chunks, not through a Python ``__next__`` call per item.
     """
 
     def __init__(
         self,
-        submit: Callable[[tuple[tuple[Any, ...], ...]], TaskFuture[list[T]]],
+        submit: Callable[[list[Any]], TaskFuture[list[T]]],
         chunks: _Chunks,
         ahead: int,
         end: float | None,
     ) -> None:
-        self._submit = submit
-        self._chunks = chunks
-        self._end = end
-        self._in_flight: collections.deque[Future[list[T]]] = collections.deque()
-        self._ready: collections.deque[T] = collections.deque()
+        self._flight = _InFlight(submit, chunks, end)
         try:
             for _ in range(ahead):
-                if not self._submit_next():
+                if not self._flight.submit_next():
                     break
         except BaseException:
-            self.close()  # like concurrent.futures, map() itself raises for its first chunks
+            self._flight.close()  # as in concurrent.futures, map() raises for its first chunks
             raise
+        self._items: Iterator[T] = itertools.chain.from_iterable(_results(self._flight))
 
-    def _submit_next(self) -> bool:
-        chunk = next(self._chunks, None)
-        if chunk is None:
-            return False
-        future = self._submit(chunk)
-        if self._chunks.auto:
-            started, items, observe = time.monotonic(), len(chunk), self._chunks.observe
-            future.add_done_callback(lambda _: observe(items, time.monotonic() - started))
-        self._in_flight.append(future)
-        return True
-
-    def _refill(self) -> None:
-        # Past the first chunks, a chunk that cannot be submitted fails where
-        # its items are, so the results before it are still delivered.
-        try:
-            self._submit_next()
-        except PipeworkError as exc:
-            failed: Future[list[T]] = Future()
-            failed.set_exception(exc)
-            self._in_flight.append(failed)
+    def __iter__(self) -> Iterator[T]:
+        return self._items
 
     def __next__(self) -> T:
-        while not self._ready:
-            if not self._in_flight:
-                raise StopIteration
-            future = self._in_flight.popleft()
-            self._refill()
-            try:
-                left = None if self._end is None else self._end - time.monotonic()
-                chunk = future.result(left)
-            except BaseException:
-                future.cancel()  # a timed-out chunk must not keep its worker
-                self.close()
-                raise
-            self._ready.extend(chunk)
-        return self._ready.popleft()
+        return next(self._items)
 
     def close(self) -> None:
         """Cancel every chunk not yet read."""
-        while self._in_flight:
-            self._in_flight.popleft().cancel()
-        self._ready.clear()
-
-    def __del__(self) -> None:
-        self.close()
+        self._flight.close()
 
 
 def _abandon(ledger: Ledger, dispatcher: Dispatcher) -> None:

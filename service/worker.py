@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import itertools
 import os
 import pickle
 import select
@@ -36,7 +37,7 @@ from service.errors import SerializationError
 from service.frames import Frame, Kind, Payload
 from service.transports.base import TransportBroken, WorkerChannel, WorkerEndpoint
 
-__all__ = ["ErrorInfo", "WorkerConfig", "call_chunk", "error_info", "worker_main"]
+__all__ = ["ErrorInfo", "WorkerConfig", "call_chunk", "error_info", "map_chunk", "worker_main"]
 
 _PR_SET_PDEATHSIG = 1
 _WATCH_INTERVAL_MS = 250
@@ -83,8 +84,16 @@ def error_info(exc: BaseException) -> bytes:
 
 
 def call_chunk(fn: Callable[..., object], items: Iterable[Sequence[Any]]) -> list[object]:
-    """Run ``fn(*args)`` for each args tuple of a ``map`` chunk."""
-    return [fn(*args) for args in items]
+    """Run ``fn(*args)`` for each args tuple of a ``map`` chunk over several iterables."""
+    return list(itertools.starmap(fn, items))
+
+
+def map_chunk(fn: Callable[[Any], object], items: Iterable[Any]) -> list[object]:
+    """Run ``fn(item)`` for each item of a ``map`` chunk over one iterable.
+
+    The items travel bare, not as 1-tuples: half the bytes to pickle and unpickle.
+    """
+    return list(map(fn, items))
 
 
 _functions: dict[bytes, Callable[..., object]] = {}

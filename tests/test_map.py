@@ -48,6 +48,27 @@ def test_multiple_iterables_zip_to_the_shortest(pool: WorkerService, chunksize: 
     assert list(pool.map(tasks.add, [], range(5), timeout=30)) == []
 
 
+@pytest.mark.parametrize("chunksize", [None, 1, 3], ids=lambda c: f"chunksize={c}")
+def test_one_iterable_passes_each_item_as_one_argument(
+    pool: WorkerService, chunksize: int | None
+) -> None:
+    # Items of one iterable travel bare, not as 1-tuples: a tuple item must
+    # still reach the function whole, never unpacked into several arguments.
+    items: list[Any] = [(1, 2), (), [3], None, "ab"]
+    assert list(pool.map(tasks.identity, items, chunksize=chunksize, timeout=30)) == items
+
+
+def test_next_and_for_loops_share_one_stream(pool: WorkerService) -> None:
+    # ``for`` runs over a C-level chain of the chunks; next() must read the same stream.
+    results = pool.map(tasks.square, range(50), chunksize=7, timeout=30)
+    head = [next(results), next(results)]
+    middle = list(itertools.islice(results, 10))
+    rest = list(results)
+    assert head + middle + rest == [i * i for i in range(50)]
+    with pytest.raises(StopIteration):
+        next(results)
+
+
 @pytest.mark.parametrize("chunksize", [1, 7], ids=lambda c: f"chunksize={c}")
 def test_exception_raises_when_its_item_is_reached(pool: WorkerService, chunksize: int) -> None:
     bad = 10
