@@ -57,7 +57,6 @@ import ctypes
 import functools
 import mmap
 import os
-import secrets
 import struct
 import sys
 import threading
@@ -304,7 +303,7 @@ def new_prefix() -> str:
     if not _swept_stale:
         _swept_stale = True
         sweep_dead()
-    return f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}-"
+    return f"{PREFIX}{os.getpid()}-{os.urandom(6).hex()}-"
 
 
 def sweep(prefix: str) -> None:
