@@ -14,11 +14,12 @@ import os
 import select
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from service import WorkerService
-from service.dispatcher import _Waker
+from service.dispatcher import Dispatcher, _Waker
 from tests import tasks
 from tests import tasks_faults as faults
 
@@ -111,3 +112,28 @@ def test_waker_never_swallows_a_wake_up(monkeypatch: pytest.MonkeyPatch) -> None
         assert select.select([waker.fileno()], [], [], 0)[0], "a wake-up was lost"
     finally:
         waker.close()
+
+
+@pytest.mark.parametrize(
+    ("service_time", "max_tasks", "sent", "depth"),
+    [
+        (None, None, 0, 1),  # no result yet: one task at a time
+        (0.0001, None, 0, 51),  # tiny tasks: about 5 ms of work queued
+        (0.00001, None, 0, 64),  # capped
+        (0.001, None, 0, 6),
+        (0.005, None, 0, 2),  # 5 ms: one queued, not waiting for the dispatcher
+        (0.019, None, 0, 2),
+        (0.05, None, 0, 1),  # long tasks: never queued behind each other
+        (0.001, 10, 7, 3),  # a recycling limit caps what it is sent
+    ],
+)
+def test_prefetch_depth_policy(
+    service_time: float | None, max_tasks: int | None, sent: int, depth: int
+) -> None:
+    owner = SimpleNamespace(
+        _sup=SimpleNamespace(transport=SimpleNamespace(durable_sends=True), max_tasks=max_tasks)
+    )
+    handle = SimpleNamespace(service_time=service_time, sent=sent)
+    assert Dispatcher._depth(owner, handle) == depth  # type: ignore[arg-type]
+    owner._sup.transport.durable_sends = False
+    assert Dispatcher._depth(owner, handle) == 1  # type: ignore[arg-type]
