@@ -9,8 +9,13 @@
                         Collector (futures, callbacks)
 ```
 
-Everything about workers happens on this thread, so "which worker holds
-which task" needs no lock: a worker's ``tasks`` deque is the truth. It
+Everything about workers happens under the dispatcher's lock, which its
+thread holds except while it sleeps in ``select``, so "which worker holds
+which task" has one writer at a time: a worker's ``tasks`` deque is the
+truth. While the thread sleeps, a submitting thread may take the lock and
+hand its task straight to an idle worker (``hand_direct``): one thread
+hop less on a one-task round trip, the dispatcher learns of it from the
+worker's answer. It
 multiplexes every channel, every process sentinel and a wake-up pipe on one
 selector, and never blocks on a single worker. Each pass it:
 
@@ -127,6 +132,9 @@ class Dispatcher:
         self._collector = collector
         self._max_workers = max_workers
         self._waker = _Waker()
+        self._lock = threading.Lock()
+        """Held by the dispatcher thread except while it sleeps in select (see the module doc)."""
+        self._direct = supervisor.transport.direct_sends
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._waker.fileno(), selectors.EVENT_READ, ("wake", None))
         self._workers: list[WorkerHandle] = []
@@ -149,6 +157,41 @@ class Dispatcher:
     def wake(self) -> None:
         """Tell the dispatcher that there is new work."""
         self._waker.wake()
+
+    def hand_direct(self, task: Task) -> bool:
+        """From a submitting thread: send ``task`` to an idle worker now; False if not done.
+
+        Only while the dispatcher thread sleeps (its lock is free) and a ready
+        worker holds nothing; otherwise the task takes the usual way, through
+        the ledger. The caller holds the ledger's lock and has checked that no
+        task waits there, so tasks still start in submission order.
+        """
+        if not self._direct or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self.broken is not None or self._closing or not self._commands.empty():
+                return False  # a command posted before this submit (a restart) goes first
+            for handle in self._workers:
+                if (
+                    handle.state is WorkerState.READY
+                    and not handle.tasks
+                    and not handle.recycle
+                    and not handle.writing
+                ):
+                    break
+            else:
+                return False
+            future = task.future
+            if future is not None and not future._pw_start():
+                return False
+            self._send_task(handle, task, monotonic())
+            handle.sent += 1
+            self._flush(handle)
+            if task.timeout is not None:
+                self._waker.wake()  # its sleep was computed without this deadline
+            return True
+        finally:
+            self._lock.release()
 
     def cancel_running(self, task: Task) -> None:
         """Kill the worker running ``task``, if it still runs it."""
@@ -189,6 +232,7 @@ class Dispatcher:
     # -- the loop -----------------------------------------------------------------
 
     def _run(self) -> None:
+        self._lock.acquire()
         try:
             self._loop()
         except BaseException as exc:
@@ -203,6 +247,7 @@ class Dispatcher:
             self._sel.close()
             self._sup.transport.close()
             self._waker.close()
+            self._lock.release()
 
     def _loop(self) -> None:
         now = monotonic()
@@ -211,7 +256,12 @@ class Dispatcher:
             # Edge-triggered channels may hold input their descriptor won't
             # announce again (a send can consume the edge): don't sleep then.
             pending = [h for h in self._workers if h.channel.pending()]
-            events = self._sel.select(0 if pending else self._sleep(now))
+            timeout = 0 if pending else self._sleep(now)
+            self._lock.release()
+            try:
+                events = self._sel.select(timeout)
+            finally:
+                self._lock.acquire()
             now = monotonic()
             for key, _ in events:
                 role, handle = key.data
@@ -568,21 +618,25 @@ class Dispatcher:
             task = self._next_task()
             if task is None:
                 break
-            task.attempt += 1
-            task.state = TaskState.RUNNING
-            task.worker = handle
-            if task.future is not None:
-                task.future.worker_pid = handle.pid
-            handle.tasks.append(task)
-            if len(handle.tasks) == 1:
-                handle.arm(now)
-            assert task.payload is not None
-            handle.channel.send(Kind.TASK, task.id, task.payload, task.buffers)
+            self._send_task(handle, task, now)
             sent += 1
         if sent:
             handle.sent += sent
             self._flush(handle)
         return sent == n
+
+    @staticmethod
+    def _send_task(handle: WorkerHandle, task: Task, now: float) -> None:
+        task.attempt += 1
+        task.state = TaskState.RUNNING
+        task.worker = handle
+        if task.future is not None:
+            task.future.worker_pid = handle.pid
+        handle.tasks.append(task)
+        if len(handle.tasks) == 1:
+            handle.arm(now)
+        assert task.payload is not None
+        handle.channel.send(Kind.TASK, task.id, task.payload, task.buffers)
 
     def _next_task(self) -> Task | None:
         while True:

@@ -348,7 +348,9 @@ class WorkerService(Executor):
         task.future = future  # type: ignore[assignment]
         bounded = threading.get_ident() != self._collector.ident
         try:
-            self._ledger.admit(task, self._submit_timeout, bounded=bounded)
+            self._ledger.admit(
+                task, self._submit_timeout, bounded=bounded, hand=self._dispatcher.hand_direct
+            )
         except ServiceClosed:
             self._raise_if_closed()
             raise

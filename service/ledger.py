@@ -97,8 +97,19 @@ class Ledger:
         self._waiting = 0
         self._closed: str | None = None
 
-    def admit(self, task: Task, timeout: float | None, *, bounded: bool = True) -> None:
+    def admit(
+        self,
+        task: Task,
+        timeout: float | None,
+        *,
+        bounded: bool = True,
+        hand: Callable[[Task], bool] | None = None,
+    ) -> None:
         """Queue ``task``, first waiting for room below ``max_pending`` if ``bounded``.
+
+        ``hand``, if given, may take the task instead of the queue when no task
+        waits in it (so order is kept); it must not block, and returns True if
+        it took the task.
 
         Raises:
             QueueFull: no room within ``timeout`` seconds.
@@ -121,6 +132,8 @@ class Ledger:
                 raise ServiceClosed(self._closed)
             self._unfinished += 1
             task.slot = True
+            if not self._pending and hand is not None and hand(task):
+                return
             self._pending.append(task)
         self._wake()
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import time
+from typing import Any
 
 import pytest
 
-from service import TaskFuture, WorkerService
+from service import TaskFuture, TaskTimeout, WorkerService
+from service.dispatcher import Dispatcher
 from tests import tasks
 
 
@@ -52,3 +55,45 @@ def test_every_start_method_runs_tasks(make_pool, start_method: str) -> None:
     assert sorted(pool.map(tasks.square, range(10))) == [i * i for i in range(10)]
     pids = {pool.submit(tasks.pid_of_worker).result(timeout=30) for _ in range(10)}
     assert pids <= set(pool.worker_pids())
+
+
+@pytest.mark.parametrize("transport", ["pipe"])  # the transport with direct sends
+def test_an_idle_pipe_pool_starts_a_task_within_submit(
+    make_pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A submit that finds the dispatcher asleep and a worker idle hands the task
+    # over itself (Dispatcher.hand_direct): the future is running when submit
+    # returns, with no wait for the dispatcher thread. Where the dispatcher
+    # happened to be awake, the task takes the queue instead; one in 20 tries
+    # catching it asleep is plenty.
+    pool: WorkerService = make_pool(2)
+    assert pool.submit(tasks.square, 2).result(timeout=30) == 4
+    dispatcher = pool._dispatcher
+    handed: list[bool] = []
+
+    def counting(task: Any) -> bool:
+        took = Dispatcher.hand_direct(dispatcher, task)
+        handed.append(took)
+        return took
+
+    monkeypatch.setattr(dispatcher, "hand_direct", counting)
+    for i in range(20):
+        time.sleep(0.02)  # the dispatcher goes back to sleep
+        future = pool.submit(tasks.sleep_then, 0.01, i)
+        if handed[-1]:
+            assert future.running()
+        assert future.result(timeout=30) == i
+        assert future.worker_pid in pool.worker_pids()
+    assert len(handed) == 20
+    assert any(handed), handed
+
+
+@pytest.mark.parametrize("transport", ["pipe"])
+def test_a_timeout_on_a_task_handed_within_submit_still_fires(make_pool) -> None:
+    pool: WorkerService = make_pool(1)
+    assert pool.submit(tasks.square, 2).result(timeout=30) == 4
+    time.sleep(0.05)
+    future = pool.options(timeout=0.3).submit(tasks.sleep_then, 30, "late")
+    with pytest.raises(TaskTimeout):
+        future.result(timeout=20)
+    assert pool.submit(tasks.square, 3).result(timeout=30) == 9

@@ -10,8 +10,12 @@ test knows exactly which process died and what ``WorkerLost`` must say.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
+import random
 import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,3 +252,57 @@ def test_workers_killed_from_outside_while_starting_are_replaced(
 
     assert pool.submit(tasks.square, 3).result(timeout=RESULT_TIMEOUT) == 9
     assert not set(killed) & set(pool.worker_pids())
+
+
+def test_threads_submitting_one_at_a_time_while_workers_are_killed(
+    make_pool: Callable[..., WorkerService],
+) -> None:
+    # One-at-a-time submits are what an idle pool hands over from the submitting
+    # thread itself (Dispatcher.hand_direct, pipe transport); several threads
+    # race each other and the dispatcher for it while workers die under them.
+    # Every future must resolve, to its own value or to WorkerLost.
+    pool = make_pool(2)
+    stop = threading.Event()
+    ok: list[int] = []
+    lost: list[WorkerLost] = []
+    wrong: list[BaseException] = []
+
+    def submitter(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            future = pool.submit(tasks.sleep_then, 0.002, (k, i))
+            try:
+                if future.result(timeout=RESULT_TIMEOUT) == (k, i):
+                    ok.append(1)
+                else:
+                    wrong.append(AssertionError(f"{future.result()!r} != {(k, i)!r}"))
+            except WorkerLost as exc:
+                lost.append(exc)
+            except BaseException as exc:
+                wrong.append(exc)
+            i += 1
+
+    threads = [threading.Thread(target=submitter, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    killed: set[int] = set()
+    rng = random.Random(7)
+    try:
+        for _ in range(25):
+            time.sleep(rng.uniform(0.01, 0.06))
+            pids = [p for p in pool.worker_pids() if p not in killed]
+            if pids:
+                victim = rng.choice(pids)
+                killed.add(victim)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(RESULT_TIMEOUT + 10)
+    assert not any(t.is_alive() for t in threads), "a submitter hung"
+    assert not wrong, wrong[:3]
+    assert ok
+    assert len(lost) <= len(killed)
+    assert {e.pid for e in lost} <= killed
+    assert pool.submit(tasks.square, 4).result(timeout=RESULT_TIMEOUT) == 16

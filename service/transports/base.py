@@ -150,6 +150,11 @@ class Transport(Protocol):
     dispatcher even if the worker is SIGKILLed right after. Only then may the
     dispatcher queue tasks behind a running one (a result lost with its worker
     would make the dispatcher blame the wrong task for the death)."""
+    direct_sends: bool
+    """True if a submitting thread may ``send`` and ``flush`` on a channel (under the
+    dispatcher's lock) while the dispatcher thread sleeps in ``select``: the
+    channel's descriptor reports input level-triggered, so a send from another
+    thread cannot swallow the readiness the dispatcher waits for."""
 
     def pair(self) -> tuple[ParentChannel, WorkerEndpoint]:
         """Create one channel: the parent's end and what to hand the worker."""

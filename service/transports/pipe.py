@@ -340,6 +340,7 @@ class PipeTransport:
 
     name = "pipe"
     durable_sends = True  # writev returned: the bytes are in the kernel's pipe
+    direct_sends = True  # pipes are level-triggered
 
     def pair(self) -> tuple[_ParentPipeChannel, _PipeEndpoint]:
         task_r, task_w = os.pipe()

@@ -457,6 +457,7 @@ class QueueTransport:
 
     name = "queue"
     durable_sends = False  # put() returns before the feeder thread writes
+    direct_sends = False  # its send path (feeder thread, shared arguments) has one caller
 
     def __init__(self) -> None:
         self._channels: list[_ParentQueueChannel] = []

@@ -254,6 +254,7 @@ class ZmqTransport:
 
     name = "zmq"
     durable_sends = False  # send() returns before libzmq's I/O thread writes
+    direct_sends = False  # a send can consume the edge of ZMQ_FD the dispatcher waits for
 
     def __init__(
         self, where: Where = "ipc", *, heartbeat_timeout: float = HEARTBEAT_TIMEOUT
