@@ -74,7 +74,7 @@ def _grow_pipe(fd: int) -> None:
 class _FrameReader:
     """Reassembles frames from a byte stream read in arbitrary pieces."""
 
-    __slots__ = ("_body", "_buf", "_filled", "_kind", "_nbufs", "_task_id")
+    __slots__ = ("_body", "_buf", "_filled", "_kind", "_nbufs", "_task_id", "drained")
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -83,16 +83,25 @@ class _FrameReader:
         self._kind = 0
         self._task_id = 0
         self._nbufs = 0
+        self.drained = False
 
     def read_once(self, fd: int) -> int:
-        """Do one read(2) from ``fd``; return the bytes read (0 at end of file)."""
+        """Do one read(2) from ``fd``; return the bytes read (0 at end of file).
+
+        Sets ``drained`` when the read got less than it asked for: the pipe
+        held no more at that instant.
+        """
         if self._body is not None:
+            want = len(self._body) - self._filled
             n = os.readv(fd, [self._body[self._filled :]])
             self._filled += n
-            return n
-        chunk = os.read(fd, _CHUNK)
-        self._buf += chunk
-        return len(chunk)
+        else:
+            want = _CHUNK
+            chunk = os.read(fd, _CHUNK)
+            self._buf += chunk
+            n = len(chunk)
+        self.drained = n < want
+        return n
 
     def pop_frames(self, out: list[Frame]) -> None:
         """Move every complete frame into ``out``."""
@@ -244,6 +253,10 @@ class _ParentPipeChannel:
                 self._eof = True
             budget -= n
             self._reader.pop_frames(frames)
+            if self._reader.drained and n:
+                # The pipe is empty now (level-triggered: the selector says when
+                # more comes); asking again would cost a read(2) and an EAGAIN.
+                break
         if self._eof and not frames:
             raise TransportBroken(
                 "worker closed its result pipe"
