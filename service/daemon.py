@@ -934,7 +934,7 @@ class Daemon:
             future = options.submit(fn, *args, **kwargs)
             run.future = future
             self._local_running += 1
-            future.add_done_callback(functools.partial(self._completed, task_id))
+            future._pw_listen(functools.partial(self._completed, task_id))
 
     def _remote_ended(self, event: RemoteEvent) -> None:
         run = self._running.get(event.task_id)
@@ -944,7 +944,7 @@ class Daemon:
         self._settle(run, event.outcome)
 
     def _completed(self, task_id: str, future: Future[Any]) -> None:
-        """Collector thread: hand the outcome to the loop (one wake-up per pass, not per task)."""
+        """Dispatcher or collector thread: hand the outcome to the loop (one wake-up per pass)."""
         self._completions.put((task_id, future))
         if not self._wake_pending:
             self._wake_pending = True

@@ -548,7 +548,7 @@ class _InFlight:
         future = self.submit(chunk)
         if self.chunks.auto:
             started, items, observe = time.monotonic(), len(chunk), self.chunks.observe
-            future.add_done_callback(lambda _: observe(items, time.monotonic() - started))
+            future._pw_listen(lambda _: observe(items, time.monotonic() - started))
         self.futures.append(future)
         return True
 

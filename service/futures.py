@@ -64,6 +64,7 @@ class TaskFuture(_cf.Future[T]):
     __slots__ = (
         "_callbacks",
         "_exception",
+        "_pw_listener",
         "_pw_on_cancel",
         "_pw_task",
         "_result",
@@ -84,6 +85,7 @@ class TaskFuture(_cf.Future[T]):
         self._callbacks: list[Callable[[_cf.Future[T]], object]] | None = None
         self._waiter_list: list[Any] | None = None
         self._pw_task: Task | None = task
+        self._pw_listener: Callable[[_cf.Future[T]], object] | None = None
         self._pw_on_cancel = on_cancel
         self.task_id: int = task.id
         """The id pipework gave the task; errors and logs name it."""
@@ -247,6 +249,7 @@ class TaskFuture(_cf.Future[T]):
         self._call(fn)
 
     def _invoke_callbacks(self) -> None:
+        self._pw_tell()
         callbacks, self._callbacks = self._callbacks, None
         if callbacks:
             for fn in callbacks:
@@ -259,6 +262,26 @@ class TaskFuture(_cf.Future[T]):
             _log.exception("callback raised", task_id=self.task_id, callback=repr(fn))
 
     # -- the dispatcher's and collector's side ----------------------------------------
+
+    def _pw_listen(self, listener: Callable[[_cf.Future[T]], object]) -> None:
+        """pipework's own done-callback: ``listener(self)`` runs on whichever
+        thread resolves the future, the dispatcher's included, so a plain
+        result needs no hop to the collector thread.
+
+        Only for pipework's code (the daemon, map): the listener must be quick
+        and never block (hand the future to a queue and wake a loop, say). One
+        listener per future; it runs at once if the future is done.
+        """
+        with _LOCK:
+            if self._state not in _DONE:
+                self._pw_listener = listener
+                return
+        self._call(listener)
+
+    def _pw_tell(self) -> None:
+        listener, self._pw_listener = self._pw_listener, None
+        if listener is not None:
+            self._call(listener)
 
     def _pw_start(self) -> bool:
         """PENDING -> RUNNING for the dispatcher; False if it was cancelled."""
@@ -282,6 +305,7 @@ class TaskFuture(_cf.Future[T]):
                 for waiter in self._waiter_list or ():
                     waiter.add_result(self)
         self._pw_task = None
+        self._pw_tell()
         return True
 
     def _pw_resolve(self, value: Any = None, exc: BaseException | None = None) -> bool:

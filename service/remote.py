@@ -559,7 +559,7 @@ class RemoteWorker:
             return
         held = _Held(msg.task_id, msg.attempt, msg.task, future)
         self._held[msg.task_id] = held
-        future.add_done_callback(functools.partial(self._completed, held))
+        future._pw_listen(functools.partial(self._completed, held))
 
     def _on_cancel(self, msg: Cancel) -> None:
         held = self._held.pop(msg.task_id, None)
@@ -609,7 +609,7 @@ class RemoteWorker:
     # -- outcomes out -----------------------------------------------------------------
 
     def _completed(self, held: _Held, future: Future[Any]) -> None:
-        """Collector thread: hand the finished future to the loop."""
+        """Dispatcher or collector thread: hand the finished future to the loop."""
         self._completions.put((held, future))
         self._wake()
 

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures as cf
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,58 @@ def test_pool_futures_under_wait_and_as_completed() -> None:
         results = [f.result() for f in cf.as_completed(list[cf.Future[int]](futures), timeout=20)]
         assert sorted(results) == list(range(1, 201))
         assert slow.result(timeout=20) == "slow"
+
+
+def test_internal_listener_runs_once_on_the_resolving_thread() -> None:
+    # pipework's own listener (the daemon's, map's) runs where the future is
+    # resolved: on the dispatcher thread for a small plain result, with no hop
+    # to the collector; on the collector's for an exception; inline on cancel.
+    heard: list[tuple[str, bool]] = []
+    done = threading.Event()
+
+    def listen(future: cf.Future[Any]) -> None:
+        heard.append((threading.current_thread().name, future.done()))
+        done.set()
+
+    with WorkerService(max_workers=1) as pool:
+        # Each task waits behind a sleeper on the one worker, so its listener
+        # is in place before it can finish.
+        pool.submit(sleep_then, 0.2)
+        ok = pool.submit(add, 1, 2)
+        ok._pw_listen(listen)
+        assert ok.result(timeout=20) == 3
+        assert done.wait(20)
+        assert heard == [("pipework-dispatcher", True)]
+
+        heard.clear()
+        done.clear()
+        pool.submit(sleep_then, 0.2)
+        bad = pool.submit(raise_value_error, "no")
+        bad._pw_listen(listen)
+        with pytest.raises(ValueError, match="no"):
+            bad.result(timeout=20)
+        assert done.wait(20)
+        assert heard == [("pipework-collector", True)]
+
+        heard.clear()
+        slow = pool.submit(sleep_then, 30)
+        slow._pw_listen(listen)
+        assert slow.cancel()
+        assert heard == [("MainThread", True)]
+
+    late = _future()
+    late.set_result(1)
+    heard.clear()
+    late._pw_listen(listen)  # already done: at once, here
+    assert heard == [("MainThread", True)]
+
+
+def test_a_raising_internal_listener_is_logged_and_the_future_still_resolves() -> None:
+    future = _future()
+
+    def broken(_: cf.Future[object]) -> None:
+        raise RuntimeError("listener bug")
+
+    future._pw_listen(broken)
+    future.set_result(5)
+    assert future.result(timeout=1) == 5
