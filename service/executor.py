@@ -389,7 +389,7 @@ class WorkerService(Executor):
             timeout: seconds, from this call, after which reading a result
                 not yet available raises ``TimeoutError``.
             chunksize: items sent to a worker per task. None (the default):
-                sized as it goes, starting at one item and doubling while a
+                sized as it goes, starting at one item and growing while a
                 chunk takes well under ``AUTO_CHUNK_SECONDS``, so tiny items
                 travel thousands to a task and slow ones one by one.
             buffersize: chunks kept in flight ahead of the reader.
@@ -492,9 +492,9 @@ class _Chunks(Iterator[list[Any]]):
     """``map``'s input cut into chunks: of a fixed size, or sized by how long chunks take.
 
     The automatic size starts at 1 (the first result comes as soon as one
-    item is done) and doubles each time a chunk finishes in less than
-    ``AUTO_CHUNK_SECONDS`` from its submit, halving when one takes more than
-    twice that. A chunk's time from submit includes waiting behind the other
+    item is done), grows eightfold each time a chunk finishes in less than an
+    eighth of ``AUTO_CHUNK_SECONDS`` from its submit and doubles while it
+    finishes in less than that, halving when one takes more than twice that. A chunk's time from submit includes waiting behind the other
     chunks in flight, so chunks settle at a fraction of that time each.
     """
 
@@ -513,7 +513,11 @@ class _Chunks(Iterator[list[Any]]):
         """A chunk of ``items`` took ``seconds`` from submit to result (any thread)."""
         if items < self.size:
             return  # from before the last change, or the input's tail
-        if seconds < AUTO_CHUNK_SECONDS:
+        if seconds < AUTO_CHUNK_SECONDS / 8:
+            # Far under the target: tiny items. Doubling would spend a dozen
+            # round trips on chunks too small to be worth their overhead.
+            self.size = min(self.size * 8, AUTO_CHUNK_MAX)
+        elif seconds < AUTO_CHUNK_SECONDS:
             self.size = min(self.size * 2, AUTO_CHUNK_MAX)
         elif seconds > 2 * AUTO_CHUNK_SECONDS:
             self.size = max(self.size // 2, 1)

@@ -197,11 +197,19 @@ def test_unpicklable_function_fails_in_map_itself(pool: WorkerService) -> None:
 def test_automatic_chunks_grow_for_tiny_items_and_stay_small_for_slow_ones(
     pool: WorkerService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Workers up first: a chunk that waits for a worker to start looks slow.
+    assert [f.result(timeout=30) for f in [pool.submit(tasks.square, i) for i in range(8)]] == [
+        i * i for i in range(8)
+    ]
     futures = _record_submits(pool, monkeypatch)
     assert list(pool.map(tasks.square, range(20_000), timeout=60)) == [i * i for i in range(20_000)]
     sizes = [len(f.result()) for f in futures]
     assert sizes[0] == 1  # the first result does not wait for a big chunk
     assert max(sizes) >= 256, sizes  # tiny items end up travelling many to a task
+    # ... and soon: a chunk of tiny items that comes back far under the target
+    # makes the next ones eight times larger, not twice.
+    steps = [b / a for a, b in itertools.pairwise(dict.fromkeys(sizes)) if b > a]
+    assert 8 in steps, sizes
     futures.clear()
     slow = list(pool.map(tasks.sleep_then, [0.06] * 6, range(6), timeout=60))
     assert slow == list(range(6))
