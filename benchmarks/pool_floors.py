@@ -10,6 +10,10 @@
   keeps ``WINDOW`` messages in flight (tiny-task throughput), ``round_trip``
   sends one and waits (latency). Over a bare ``multiprocessing.Pipe``
   (``send_bytes``/``recv_bytes``) or ZeroMQ PUSH/PULL over ``ipc://``.
+- ``ReaderFloor``: ``round_trip`` over the same bare Pipe, but the reply is
+  read by a second thread that wakes the caller: the least any pool pays
+  that resolves futures on a thread of its own (all of the peers, and
+  pipework), one thread hop per task on top of the bare Pipe.
 - ``EchoFloor``: a numpy array echoed by the peer over ``Pipe.send_bytes``,
   ZeroMQ frames sent and received with ``copy=False``, or one reused
   shared-memory segment signalled by semaphores (the channels of
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import threading
 import time
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -40,6 +45,7 @@ __all__ = [
     "FLOOR_CHANNELS",
     "WINDOW",
     "EchoFloor",
+    "ReaderFloor",
     "TaskFloor",
     "process_and_pipe",
     "slots_handles",
@@ -166,6 +172,41 @@ class TaskFloor(_Floor):
                 sent += 1
         counter.t_done = time.perf_counter()
         counter.all_done.set()
+
+
+class ReaderFloor(TaskFloor):
+    """``TaskFloor.round_trip`` with the reply read by a second thread that wakes the caller."""
+
+    def open(self) -> None:
+        """Open the channel, start the peer, then the reader thread."""
+        super().open()
+        self._value: Any = None
+        self._replied = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="floor-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        recv = self.link.recv
+        while True:
+            try:
+                message = recv()
+            except (EOFError, OSError):  # the peer stopped
+                return
+            self._value = pickle.loads(memoryview(message))
+            self._replied.set()
+
+    def round_trip(self, i: int) -> Any:
+        """Send ``tasks.inc(i)``; block until the reader thread has its result."""
+        # A fresh Event per call, as a future's waiter is.
+        replied = self._replied = threading.Event()
+        self.link.send(pickle.dumps((tasks.inc, (i,)), pickle.HIGHEST_PROTOCOL))
+        replied.wait()
+        return self._value
+
+    def close(self) -> None:
+        """Stop the peer (which ends the reader), and wait for the reader."""
+        super().close()
+        self._reader.join(10.0)
 
 
 class EchoFloor(_Floor):

@@ -229,7 +229,10 @@ def _map(cell: Cell, counts: Counts, workers: int, child: _Child, last: bool) ->
 def _latency(cell: Cell, counts: Counts, workers: int, child: _Child, last: bool) -> Measured:
     close: Callable[[], None]
     if cell.subject.startswith("floor:"):
-        floor = pool_floors.TaskFloor(cell.subject.split(":")[1])
+        key = cell.subject.split(":")[1]
+        floor = (
+            pool_floors.ReaderFloor("pipe") if key == "pipe+reader" else pool_floors.TaskFloor(key)
+        )
         child.start_method = floor.start_method
         floor.open()
         round_trip: Callable[[int], Any] = floor.round_trip

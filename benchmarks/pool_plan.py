@@ -185,7 +185,7 @@ def plan() -> list[Cell]:
     cells: list[Cell] = []
     cells += [Cell("submit", s) for s in [*pipeworks, *PEERS, "floor:pipe", "floor:zmq"]]
     cells += [Cell("map", s, v) for v in ("default", "chunksize") for s in [*pipeworks, *PEERS]]
-    cells += [Cell("latency", s) for s in [*pipeworks, *PEERS, "floor:pipe"]]
+    cells += [Cell("latency", s) for s in [*pipeworks, *PEERS, "floor:pipe", "floor:pipe+reader"]]
     cells += [Cell("echo", s) for s in [*pipeworks, *PEERS, "floor:zmq", "floor:shm", "floor:pipe"]]
     cells += [
         Cell("memory", "pipework", "hold"),

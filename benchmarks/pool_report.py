@@ -45,6 +45,7 @@ _FLOORS = {
     ("submit", "floor:pipe"): "floor: bare Pipe, window 64",
     ("submit", "floor:zmq"): "floor: ZeroMQ PUSH/PULL ipc://, window 64",
     ("latency", "floor:pipe"): "floor: bare Pipe ping-pong",
+    ("latency", "floor:pipe+reader"): "floor: bare Pipe, reply read by a second thread",
     ("echo", "floor:zmq"): "floor: ZeroMQ ipc:// copy=False",
     ("echo", "floor:shm"): "floor: shared memory, reused",
     ("echo", "floor:pipe"): "floor: Pipe.send_bytes",
@@ -193,6 +194,9 @@ def summarize(cells: Mapping[str, JSONDict], counts: Counts) -> list[JSONDict]:
 
         p50 = _value(cells, f"latency/pipework:{t}/")
         note = "" if p99 is None or not p50 else f"p99 {p99:,.1f} µs = {p99 / p50:.1f}× p50"
+        reader = _value(cells, "latency/floor:pipe+reader/")
+        if p50 and reader:
+            note += f"; {p50 / reader:.2f}× the Pipe floor with a reader thread"
         add(
             "latency",
             f"pipework ({t})",
