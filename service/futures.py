@@ -45,17 +45,28 @@ _CANCELLED = frozenset({_cf.CANCELLED, _cf.CANCELLED_AND_NOTIFIED})
 
 
 class _ResultWaiter:
-    """What ``result()`` and ``exception()`` block on: woken by any outcome."""
+    """What ``result()`` and ``exception()`` block on: woken by any outcome.
 
-    __slots__ = ("event",)
+    A bare lock, taken at birth and released by the outcome: an ``Event``
+    would build a Condition, a deque and a lock per wait, which on a one-task
+    round trip is both time and garbage-collector work.
+    """
+
+    __slots__ = ("lock",)
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.lock = threading.Lock()
+        self.lock.acquire()
 
     def add_result(self, future: object) -> None:
-        self.event.set()
+        # A future settles once, so each waiter is released at most once.
+        self.lock.release()
 
     add_exception = add_cancelled = add_result
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until the outcome, or ``timeout`` seconds; True if it came."""
+        return self.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
 
 
 class TaskFuture(_cf.Future[T]):
@@ -132,7 +143,7 @@ class TaskFuture(_cf.Future[T]):
                     waiter = None  # type: ignore[assignment]
             if waiter is not None:
                 try:
-                    waiter.event.wait(timeout)
+                    waiter.wait(timeout)
                 finally:
                     with _LOCK:
                         self._waiters.remove(waiter)
