@@ -494,8 +494,9 @@ class _Chunks(Iterator[list[Any]]):
     The automatic size starts at 1 (the first result comes as soon as one
     item is done), grows eightfold each time a chunk finishes in less than an
     eighth of ``AUTO_CHUNK_SECONDS`` from its submit and doubles while it
-    finishes in less than that, halving when one takes more than twice that. A chunk's time from submit includes waiting behind the other
-    chunks in flight, so chunks settle at a fraction of that time each.
+    finishes in less than that, halving when one takes more than twice that.
+    A chunk's time from submit includes waiting behind the other chunks in
+    flight, so chunks settle at a fraction of that time each.
     """
 
     def __init__(self, items: Iterator[Any], size: int | None) -> None:
