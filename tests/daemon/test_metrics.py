@@ -83,8 +83,14 @@ def test_scrape_counts_a_scripted_run(daemon: DaemonFactory, tmp_path: Path) -> 
     mark = tmp_path / "started-cancel"
     held = d.submit("gate", str(tmp_path / "never"), 60, str(mark))["task_id"]
     wait_until(mark.exists, 20, "the task to cancel started")
+    wait_until(lambda: held in {w["task_id"] for w in d.workers()}, 20, "its worker listed")
+    victim = next(w["pid"] for w in d.workers() if w["task_id"] == held)
     assert d.ok({"op": "cancel", "task_id": held})["cancelled"] is True
-    wait_until(lambda: len(d.workers()) == 2, 20, "both workers back")
+    # Right after the reply the killed worker may still be listed (and its
+    # replacement not yet): wait for it to be gone, or SIGHUP would count it.
+    wait_until(
+        lambda: victim not in d.worker_pids() and len(d.workers()) == 2, 20, "both workers back"
+    )
     d.send_signal(signal.SIGHUP)  # replaces both workers: two recycled
 
     after = _scrape_until(
