@@ -41,12 +41,17 @@ class _HasLarge(Exception):
     """Raised by ``_in_band`` to leave the fast path: the object holds a large buffer."""
 
 
-def _in_band(buffer: pickle.PickleBuffer) -> bool:
+def _large(buffer: pickle.PickleBuffer) -> memoryview | None:
+    """The buffer's memory if it is to go out of band, else None (small, or not contiguous)."""
     try:
         view = buffer.raw()
     except BufferError:  # not contiguous: only in band can hold it
-        return True
-    if view.nbytes < OUT_OF_BAND_MIN:
+        return None
+    return view if view.nbytes >= OUT_OF_BAND_MIN else None
+
+
+def _in_band(buffer: pickle.PickleBuffer) -> bool:
+    if _large(buffer) is None:
         return True
     raise _HasLarge
 
@@ -72,11 +77,8 @@ def dumps(obj: object, share: Share | None = None) -> tuple[bytes, list[memoryvi
     buffers: list[memoryview] = []
 
     def keep_large(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            view = buffer.raw()
-        except BufferError:
-            return True
-        if view.nbytes < OUT_OF_BAND_MIN:
+        view = _large(buffer)
+        if view is None:
             return True
         shared = share(view) if share is not None and view.nbytes >= shm.SHARED_MIN else None
         buffers.append(view if shared is None else shared)
