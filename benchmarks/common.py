@@ -2,7 +2,7 @@
 progress on stderr.
 
 ```
- parent ──run_child(args, limit)──▶ child: python -m benchmarks.X --one ...
+ parent ──run_child(args, limit)──▶ child: python -m pipework.benchmarks.X --one ...
    │                                  └─ emit_result(PREFIX, record) ──▶ stdout file, os._exit
    ├─ waits limit + kill_margin, then kills the child's whole session
    └─ ChildOutcome(record parsed from the last PREFIX line, killed?, wall time, stderr)
@@ -61,7 +61,7 @@ JSONDict = dict[str, Any]
 
 
 def project_root() -> Path:
-    """The repository root, where ``python -m benchmarks.X`` must run."""
+    """The repository root, where ``python -m pipework.benchmarks.X`` must run."""
     return Path(__file__).resolve().parent.parent
 
 

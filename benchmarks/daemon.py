@@ -11,8 +11,8 @@
               pipework serve --workers 0 ◀──tcp://127.0.0.1 + CURVE, or ipc://──▶ worker --slots W
 ```
 
-Every cell starts its own daemon (``python -m service.cli serve --workers W
---tasks service.example_tasks``, an ``ipc://`` socket and its journal in a
+Every cell starts its own daemon (``python -m pipework.service.cli.parsing serve --workers W
+--tasks service.daemon.example_tasks``, an ``ipc://`` socket and its journal in a
 private temporary directory), waits until it answers ``stats``, warms it up
 with ``WARM_UP_TRIPS`` round trips (so its workers are running), measures,
 asks ``stats`` again, and stops it with SIGTERM (a bounded wait, then SIGKILL
@@ -37,10 +37,10 @@ Python client sends: compact JSON with a fresh uuid4 ``key`` per submit.
    accept, measured with ``benchmarks.journal.commit_ceiling`` in the same
    directory (file system) as the daemons' journals.
 5. **remote workers**: the daemon runs no workers of its own (``--workers
-   0``); one remote worker (``python -m service.cli worker --slots W``, as
+   0``); one remote worker (``python -m pipework.service.cli.parsing worker --slots W``, as
    many slots as the local cells have workers) connects to its
    ``--workers-endpoint`` over ``tcp://127.0.0.1`` with CURVE (key pairs
-   made by ``service.keys.generate`` in the cell's private directory, the
+   made by ``service.cli.keys.generate`` in the cell's private directory, the
    worker's public key alone in the allow-list directory), or over an
    ``ipc://`` socket without CURVE: the two together separate the cost of
    the extra hop from that of ``tcp://`` with CURVE (the daemon requires
@@ -57,7 +57,7 @@ process, of its descendants (workers, fork server), of the remote worker
 and its pool (remote cells), and of this client, over each measured phase,
 as a percentage of one core.
 
-Run: ``python -m benchmarks.daemon [--quick] [--n N] [--workers 2] [--out PATH]``;
+Run: ``python -m pipework.benchmarks.daemon [--quick] [--n N] [--workers 2] [--out PATH]``;
 results go to ``benchmarks/results/daemon.json`` by default.
 """
 
@@ -86,8 +86,7 @@ from typing import Any, Literal, NoReturn
 
 import psutil
 import zmq
-
-from benchmarks.common import (
+from pipework.benchmarks.common import (
     JSONDict,
     Progress,
     filesystem,
@@ -99,8 +98,8 @@ from benchmarks.common import (
     percentile,
     project_root,
 )
-from benchmarks.journal import commit_ceiling
-from service.keys import generate
+from pipework.benchmarks.journal import commit_ceiling
+from pipework.service.cli.keys import generate
 
 JournalMode = Literal["off", "full", "normal"]
 Placement = Literal["local", "tcp+curve", "ipc"]
@@ -160,14 +159,14 @@ def _daemon_command(
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "pipework.service.cli.parsing",
         "serve",
         "--endpoint",
         endpoint,
         "--workers",
         str(workers),
         "--tasks",
-        "service.example_tasks",
+        "pipework.service.daemon.example_tasks",
         "--log-level",
         "warning",
         "--drain-timeout",
@@ -199,16 +198,16 @@ def _link(placement: Placement, workdir: Path, slots: int) -> _Link:
     """The worker endpoint, CURVE keys (tcp+curve) and worker command for a remote cell.
 
     For tcp+CURVE, key pairs for the daemon and the worker go to ``workdir/keys``
-    (``service.keys.generate``: 0700 directory, 0600 secrets), and the worker's
+    (``service.cli.keys.generate``: 0700 directory, 0600 secrets), and the worker's
     public key alone to the allow-list directory ``workdir/allow``.
     """
     worker = [
         sys.executable,
         "-m",
-        "service.cli",
+        "pipework.service.cli.parsing",
         "worker",
         "--tasks",
-        "service.example_tasks",
+        "pipework.service.daemon.example_tasks",
         "--slots",
         str(slots),
         "--log-level",
@@ -816,7 +815,7 @@ def _floor(root: Path, plan: _Plan) -> JSONDict:
     workdir = root / "floor"
     endpoint = f"ipc://{workdir}/e.sock"
     record: JSONDict = {"cell": "floor", "journal": None, "status": "error", "error": None}
-    cmd = [sys.executable, "-m", "benchmarks.daemon", "--echo-server", endpoint]
+    cmd = [sys.executable, "-m", "pipework.benchmarks.daemon", "--echo-server", endpoint]
     workdir.mkdir(mode=0o700)
     with _serving(cmd, endpoint, workdir, record) as server:
         dealer = _Dealer(endpoint)
@@ -1073,7 +1072,7 @@ def _raise_exit(signum: int, _frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.daemon", description=__doc__.split("\n", 1)[0]
+        prog="python -m pipework.benchmarks.daemon", description=__doc__.split("\n", 1)[0]
     )
     parser.add_argument("--quick", action="store_true", help="small counts (smoke test)")
     parser.add_argument(

@@ -1,7 +1,7 @@
 """IPC mechanisms measured bare: round-trip latency and echo bandwidth, each in its own child.
 
 ```
- parent (pipework bench ipc) ──per mechanism──▶ child: python -m benchmarks.ipc --one KEY
+ parent (pipework bench ipc) ──per mechanism──▶ child: python -m pipework.benchmarks.ipc --one KEY
    │  progress on stderr                          ├─ watchdog (--limit-seconds): reports, exits
    │                                              ├─ opens the channel, starts ONE peer process
    │                                              ├─ latency: small messages, one at a time
@@ -24,7 +24,7 @@ ROUTER/DEALER, each over ``ipc://`` and ``tcp://127.0.0.1``.
 - bandwidth: a 1 MiB and a 64 MiB ``uint8`` array (``--quick``: 1 MiB only),
   echoed; MiB/s = 2 * size / median round trip (the bytes cross twice).
 
-Run: ``pipework bench ipc`` (or ``python -m benchmarks.ipc``); ``--write-docs``
+Run: ``pipework bench ipc`` (or ``python -m pipework.benchmarks.ipc``); ``--write-docs``
 rewrites the generated blocks of the IPC chapter in both languages.
 """
 
@@ -55,7 +55,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Protocol
 
-from benchmarks.common import (
+from pipework.benchmarks.common import (
     MIB,
     JSONDict,
     Progress,
@@ -68,7 +68,7 @@ from benchmarks.common import (
     project_root,
     run_child,
 )
-from benchmarks.common import rewrite_blocks as common_rewrite_blocks
+from pipework.benchmarks.common import rewrite_blocks as common_rewrite_blocks
 
 __all__ = [
     "DOCS",
@@ -634,7 +634,7 @@ def _run_one(key: str, quick: bool, limit: float) -> NoReturn:
 
 def _measure(key: str, quick: bool, limit: float) -> JSONDict:
     """Run one mechanism in a fresh child; never raises for its failure, never hangs."""
-    args = ["-m", "benchmarks.ipc", "--one", key, "--limit-seconds", str(limit)]
+    args = ["-m", "pipework.benchmarks.ipc", "--one", key, "--limit-seconds", str(limit)]
     if quick:
         args.append("--quick")
     outcome = run_child(args, limit, result_prefix=RESULT_PREFIX, kill_margin=KILL_MARGIN)
@@ -898,9 +898,9 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m benchmarks.ipc``: the same as ``pipework bench ipc``."""
+    """``python -m pipework.benchmarks.ipc``: the same as ``pipework bench ipc``."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ipc", description=__doc__.split("\n", 1)[0]
+        prog="python -m pipework.benchmarks.ipc", description=__doc__.split("\n", 1)[0]
     )
     parser.add_argument("--quick", action="store_true", help="few repetitions, 1 MiB only")
     parser.add_argument("--write-docs", action="store_true", help="rewrite the docs' tables")

@@ -34,7 +34,7 @@ A larger ``B`` is what a busy daemon gets for free (it flushes once per loop
 turn, for every submit that arrived in it), so the ratio of the ``B = 512``
 row to the commit ceiling is what group commit buys.
 
-Run: ``python -m benchmarks.journal [--quick] [--json PATH]``; results go to
+Run: ``python -m pipework.benchmarks.journal [--quick] [--json PATH]``; results go to
 ``benchmarks/results/journal.json`` by default.
 """
 
@@ -55,8 +55,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
-
-from benchmarks.common import (
+from pipework.benchmarks.common import (
     JSONDict,
     filesystem,
     fmt,
@@ -66,7 +65,7 @@ from benchmarks.common import (
     machine_line,
     project_root,
 )
-from service.journal import Journal, JournalSync, TaskRecord
+from pipework.service.daemon.journal import Journal, JournalSync, TaskRecord
 
 BATCHES = (1, 8, 64, 512)
 # (sync mode or None for in memory, task id kind), each run for every B.
@@ -326,7 +325,7 @@ def report(result: JSONDict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.journal", description=__doc__.split("\n", 1)[0]
+        prog="python -m pipework.benchmarks.journal", description=__doc__.split("\n", 1)[0]
     )
     parser.add_argument("--quick", action="store_true", help="0.1 s per cell (smoke test)")
     parser.add_argument(

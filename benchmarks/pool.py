@@ -1,7 +1,7 @@
 """``pipework bench pool``: WorkerService against its peers and the raw floors (issue 9).
 
 ```
- parent ──per cell × repeat──▶ child: python -m benchmarks.pool --cells row/subject/variant
+ parent ──per cell × repeat──▶ child: python -m pipework.benchmarks.pool --cells row/subject/variant
    │  progress on stderr         └─ pool_measure: open, warm up, measure, close; one line per cell
    │◀── result lines in the child's stdout file (killed with its session past the limit) ─┘
    ├─ pool_report: medians and min–max per cell, ratios per row, goals met or not
@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import (
+from pipework.benchmarks.common import (
     JSONDict,
     Progress,
     git_state,
@@ -51,9 +51,9 @@ from benchmarks.common import (
     rewrite_blocks,
     run_child,
 )
-from benchmarks.pool_measure import RESULT_PREFIX, measure_cells
-from benchmarks.pool_plan import FULL, QUICK, Cell, Counts, plan
-from benchmarks.pool_report import aggregate, render, summarize
+from pipework.benchmarks.pool_measure import RESULT_PREFIX, measure_cells
+from pipework.benchmarks.pool_plan import FULL, QUICK, Cell, Counts, plan
+from pipework.benchmarks.pool_report import aggregate, render, summarize
 
 __all__ = ["BLOCK_PREFIX", "DOCS", "main", "measure", "run", "write_docs"]
 
@@ -80,7 +80,7 @@ def _children(cells: Sequence[Cell], counts: Counts, quick: bool) -> list[list[C
 
 def _run_child(group: Sequence[Cell], counts: Counts, workers: int, quick: bool) -> list[JSONDict]:
     """Measure ``group`` in one fresh child; a record for every cell, whatever happens."""
-    args = ["-m", "benchmarks.pool", "--cells", ",".join(c.id for c in group)]
+    args = ["-m", "pipework.benchmarks.pool", "--cells", ",".join(c.id for c in group)]
     args += ["--workers", str(workers), "--limit-seconds", str(counts.limit_s)]
     if quick:
         args.append("--quick")
@@ -246,9 +246,9 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m benchmarks.pool``: the same as ``pipework bench pool``, plus ``--workers``."""
+    """``python -m pipework.benchmarks.pool``: the same as ``pipework bench pool``, plus ``--workers``."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.pool", description=__doc__.split("\n", 1)[0]
+        prog="python -m pipework.benchmarks.pool", description=__doc__.split("\n", 1)[0]
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: small counts, one run")
     parser.add_argument("--write-docs", action="store_true", help="rewrite docs/performance.md")

@@ -38,8 +38,8 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from benchmarks import ipc, tasks
-from benchmarks.pool_subjects import Counter
+from pipework.benchmarks import ipc, tasks
+from pipework.benchmarks.pool_subjects import Counter
 
 __all__ = [
     "FLOOR_CHANNELS",

@@ -1,7 +1,7 @@
 """The measuring child of ``pipework bench pool``: run some cells, print one line per cell.
 
 ```
- parent ──python -m benchmarks.pool --cells row/subject/variant,... ──▶ this child
+ parent ──python -m pipework.benchmarks.pool --cells row/subject/variant,... ──▶ this child
    │                                  ├─ watchdog: a cell past its limit is reported, child exits
    │                                  └─ per cell: open the pool (or floor), warm up, measure, close
    │◀── one POOL_BENCH_RESULT {json} line per cell, in the child's stdout file ─┘
@@ -49,11 +49,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import psutil
-
-from benchmarks import pool_floors, tasks
-from benchmarks.common import MIB, JSONDict, loadavg, percentile
-from benchmarks.pool_plan import Cell, Counts
-from benchmarks.pool_subjects import Counter, NotInstalled, Pipework, PoolAdapter, Skip, make_pool
+from pipework.benchmarks import pool_floors, tasks
+from pipework.benchmarks.common import MIB, JSONDict, loadavg, percentile
+from pipework.benchmarks.pool_plan import Cell, Counts
+from pipework.benchmarks.pool_subjects import (
+    Counter,
+    NotInstalled,
+    Pipework,
+    PoolAdapter,
+    Skip,
+    make_pool,
+)
 
 __all__ = ["RESULT_PREFIX", "measure_cells"]
 
@@ -407,7 +413,7 @@ def _construct(cell: Cell, counts: Counts, workers: int, child: _Child, last: bo
         return 1000 * pool_floors.process_and_pipe(method), {"workers": 1}
     # Imports first: a program has them loaded before it builds its pool.
     if cell.subject == "pipework":
-        from service import WorkerService  # noqa: F401, PLC0415
+        from pipework.service import WorkerService  # noqa: F401, PLC0415
     else:
         import concurrent.futures.process  # noqa: F401, PLC0415
     pool = _pool(cell, counts, child)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from benchmarks.common import MIB
-from benchmarks.pool_subjects import PEERS
+from pipework.benchmarks.common import MIB
+from pipework.benchmarks.pool_subjects import PEERS
 
 __all__ = [
     "FULL",

@@ -15,9 +15,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from benchmarks.common import JSONDict, fmt, machine_line
-from benchmarks.pool_plan import ROWS, START_METHODS, TRANSPORTS, Cell, Counts
-from benchmarks.pool_subjects import PEERS
+from pipework.benchmarks.common import JSONDict, fmt, machine_line
+from pipework.benchmarks.pool_plan import ROWS, START_METHODS, TRANSPORTS, Cell, Counts
+from pipework.benchmarks.pool_subjects import PEERS
 
 __all__ = ["NUMBER_FORMAT", "aggregate", "label", "render", "summarize", "variant_label"]
 

@@ -183,7 +183,7 @@ class Pipework(_Executor):
         self._pool: Any = None
 
     def open(self, workers: int) -> None:
-        from service import WorkerService
+        from pipework.service import WorkerService
 
         options: dict[str, Any] = {"start_method": self.start_method}
         if self.transport is not None:

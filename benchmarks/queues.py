@@ -7,7 +7,7 @@
    ├─ redis-server (private unix socket, persistence off; one per contender and repeat)
    │     ├─ the peer's consumer, 2 worker processes: huey, Dramatiq, Celery, RQ
    │     │   (huey (SQLite): no Redis, a database file in a private directory)
-   │     └─ client: python -m benchmarks.queues_client (that peer's own API)
+   │     └─ client: python -m pipework.benchmarks.queues_client (that peer's own API)
    └─ stdout: the table; stderr: progress; --json: every record; --write-docs
 ```
 
@@ -41,7 +41,7 @@ pid. A peer that is not installed, or whose Redis is missing, is reported with
 the reason (``benchmarks/setup-peers.sh`` installs them).
 
 Run: ``pipework bench daemon [--quick] [--json FILE] [--write-docs]``, or
-``python -m benchmarks.queues`` with ``--only``, ``--n``, ``--trips`` and
+``python -m pipework.benchmarks.queues`` with ``--only``, ``--n``, ``--trips`` and
 ``--repeats`` too.
 """
 
@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from benchmarks.common import (
+from pipework.benchmarks.common import (
     JSONDict,
     Progress,
     fmt,
@@ -78,7 +78,7 @@ from benchmarks.common import (
     rewrite_blocks,
     run_child,
 )
-from benchmarks.daemon import (
+from pipework.benchmarks.daemon import (
     ECHO,
     WARM_UP_TRIPS,
     WINDOW,
@@ -93,8 +93,8 @@ from benchmarks.daemon import (
     _Server,
     _serving,
 )
-from benchmarks.queues_client import RESULT_PREFIX, idle_memory
-from benchmarks.queues_peers import PEERS, REDIS_SERVER, Peer, missing
+from pipework.benchmarks.queues_client import RESULT_PREFIX, idle_memory
+from pipework.benchmarks.queues_peers import PEERS, REDIS_SERVER, Peer, missing
 
 PIPEWORK = "pipework"
 CELLS = ("latency", "accept", "e2e")
@@ -340,7 +340,7 @@ def _peer_cell(peer: Peer, cell: str, plan: Plan, workdir: Path, redis: _Server 
         env["PWBENCH_REDIS_URL"] = url
     cmd = peer.consumer(sys.executable, plan.workers, url)
     record["command"] = cmd
-    client = ["-m", "benchmarks.queues_client", "--peer", peer.name, "--cell", cell]
+    client = ["-m", "pipework.benchmarks.queues_client", "--peer", peer.name, "--cell", cell]
     client += ["--n", str(plan.n), "--trips", str(plan.trips), "--warm", str(plan.warm)]
     client += ["--timeout", str(RESULT_TIMEOUT)]
     client += [f"--env={name}={value}" for name, value in env.items()]
@@ -688,7 +688,7 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.queues", description=__doc__.split("\n", 1)[0]
+        prog="python -m pipework.benchmarks.queues", description=__doc__.split("\n", 1)[0]
     )
     parser.add_argument("--quick", action="store_true", help="N = 1,000, 50 trips, one run")
     parser.add_argument("--write-docs", action="store_true", help="rewrite docs/performance.md")

@@ -3,7 +3,7 @@
 ```
  benchmarks.queues (runner) ──starts──▶ the peer's consumer (+ its Redis)
         │
-        └──run_child──▶ python -m benchmarks.queues_client --peer P --cell C
+        └──run_child──▶ python -m pipework.benchmarks.queues_client --peer P --cell C
                           warm up: WARM round trips of `add` (the first waits for the consumer)
                           accept:  N x submit(echo), no waiting  ──▶ accepted/s
                           e2e:     N x submit(add), then every result, checked ──▶ tasks/s
@@ -30,9 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import psutil
-
-from benchmarks.common import MIB, JSONDict, emit_result, percentile
-from benchmarks.queues_peers import PEERS
+from pipework.benchmarks.common import MIB, JSONDict, emit_result, percentile
+from pipework.benchmarks.queues_peers import PEERS
 
 RESULT_PREFIX = "QUEUES-RESULT "
 CELLS = ("latency", "accept", "e2e")
@@ -144,7 +143,7 @@ def measure(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run one cell and print its result line; never returns."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.queues_client")
+    parser = argparse.ArgumentParser(prog="python -m pipework.benchmarks.queues_client")
     parser.add_argument("--peer", required=True, choices=[p.name for p in PEERS])
     parser.add_argument("--cell", required=True, choices=CELLS)
     parser.add_argument("--n", type=int, default=10_000)

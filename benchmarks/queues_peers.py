@@ -47,7 +47,7 @@ def _huey(python: str, workers: int, _url: str | None) -> list[str]:
         python,
         "-m",
         "huey.bin.huey_consumer",
-        "benchmarks.queues_huey.huey",
+        "pipework.benchmarks.queues_huey.huey",
         "--workers",
         str(workers),
         "--worker-type",
@@ -58,7 +58,14 @@ def _huey(python: str, workers: int, _url: str | None) -> list[str]:
 
 def _dramatiq(python: str, workers: int, _url: str | None) -> list[str]:
     # Dramatiq logs no line per message at its default level; threads stay at 8.
-    return [python, "-m", "dramatiq", "benchmarks.queues_dramatiq", "--processes", str(workers)]
+    return [
+        python,
+        "-m",
+        "dramatiq",
+        "pipework.benchmarks.queues_dramatiq",
+        "--processes",
+        str(workers),
+    ]
 
 
 def _celery(python: str, workers: int, _url: str | None) -> list[str]:
@@ -67,7 +74,7 @@ def _celery(python: str, workers: int, _url: str | None) -> list[str]:
         "-m",
         "celery",
         "-A",
-        "benchmarks.queues_celery",
+        "pipework.benchmarks.queues_celery",
         "worker",
         "--concurrency",
         str(workers),
@@ -95,7 +102,7 @@ PEERS: tuple[Peer, ...] = (
     Peer(
         "huey-sqlite",
         "huey (SQLite)",
-        "benchmarks.queues_huey",
+        "pipework.benchmarks.queues_huey",
         ("huey",),
         False,
         _huey,
@@ -104,7 +111,7 @@ PEERS: tuple[Peer, ...] = (
     Peer(
         "huey-redis",
         "huey (Redis)",
-        "benchmarks.queues_huey",
+        "pipework.benchmarks.queues_huey",
         ("huey", "redis"),
         True,
         _huey,
@@ -113,7 +120,7 @@ PEERS: tuple[Peer, ...] = (
     Peer(
         "dramatiq",
         "Dramatiq (Redis)",
-        "benchmarks.queues_dramatiq",
+        "pipework.benchmarks.queues_dramatiq",
         ("dramatiq", "redis"),
         True,
         _dramatiq,
@@ -121,12 +128,12 @@ PEERS: tuple[Peer, ...] = (
     Peer(
         "celery",
         "Celery (Redis)",
-        "benchmarks.queues_celery",
+        "pipework.benchmarks.queues_celery",
         ("celery", "kombu", "redis"),
         True,
         _celery,
     ),
-    Peer("rq", "RQ (Redis)", "benchmarks.queues_rq", ("rq", "redis"), True, _rq),
+    Peer("rq", "RQ (Redis)", "pipework.benchmarks.queues_rq", ("rq", "redis"), True, _rq),
 )
 """Every peer, in the report's column order."""
 

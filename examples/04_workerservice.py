@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 
-from service import WorkerService
+from pipework.service import WorkerService
 
 
 def work(x: int) -> int:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from concurrent.futures.process import BrokenProcessPool
 
-from service import WorkerService
+from pipework.service import WorkerService
 
 TASKS = 6
 WORKERS = 2

@@ -4,7 +4,7 @@
 owns no process and never imports ``service``, so a program that only talks
 to a daemon installs nothing else::
 
-    from protocol import Client, TaskFailed
+    from pipework.protocol import Client, TaskFailed
 
     with Client() as client:                    # $PIPEWORK_ENDPOINT or the default
         print(client.call("add", [2, 3], wait=10))          # 5
@@ -14,7 +14,7 @@ to a daemon installs nothing else::
 
 and with asyncio, many requests share one socket::
 
-    from protocol import AsyncClient
+    from pipework.protocol import AsyncClient
 
     async with AsyncClient() as client:
         results = await asyncio.gather(*(client.call("add", [i, 1]) for i in range(10)))
@@ -37,10 +37,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from protocol.codec import decode_reply, decode_request, encode, error_reply
-from protocol.endpoint import default_endpoint, runtime_dir
-from protocol.errors import ErrorCode, ProtocolError, TaskFailed, Unavailable
-from protocol.messages import (
+from pipework.protocol.codec import decode_reply, decode_request, encode, error_reply
+from pipework.protocol.endpoint import default_endpoint, runtime_dir
+from pipework.protocol.errors import ErrorCode, ProtocolError, TaskFailed, Unavailable
+from pipework.protocol.messages import (
     OPERATIONS,
     PROTOCOL_VERSION,
     TERMINAL_STATES,
@@ -72,7 +72,7 @@ from protocol.messages import (
     WorkersReply,
     WorkersRequest,
 )
-from protocol.workers import (
+from pipework.protocol.workers import (
     MAX_ERROR_TEXT,
     RESULT_OVERHEAD,
     WORKER_MESSAGE_TYPES,
@@ -92,9 +92,9 @@ from protocol.workers import (
 )
 
 if TYPE_CHECKING:
-    from protocol.async_client import AsyncClient
-    from protocol.client import Client
-    from protocol.curve import use_curve
+    from pipework.protocol.async_client import AsyncClient
+    from pipework.protocol.client import Client
+    from pipework.protocol.curve import use_curve
 
 __all__ = [
     "MAX_ERROR_TEXT",
@@ -160,9 +160,9 @@ __all__ = [
 
 # The clients import ZeroMQ (and asyncio); most users of the models need neither.
 _LAZY = {
-    "Client": "protocol.client",
-    "AsyncClient": "protocol.async_client",
-    "use_curve": "protocol.curve",
+    "Client": "pipework.protocol.client",
+    "AsyncClient": "pipework.protocol.async_client",
+    "use_curve": "pipework.protocol.curve",
 }
 
 

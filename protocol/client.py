@@ -27,8 +27,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import zmq
-
-from protocol._requests import (
+from pipework.protocol._requests import (
     POLL_SLICE,
     RESULT_SLICE,
     Deadline,
@@ -38,11 +37,11 @@ from protocol._requests import (
     finish,
     wait_timeout,
 )
-from protocol.codec import decode_reply, encode
-from protocol.curve import use_curve
-from protocol.endpoint import default_endpoint
-from protocol.errors import ErrorCode, ProtocolError, Unavailable
-from protocol.messages import (
+from pipework.protocol.codec import decode_reply, encode
+from pipework.protocol.curve import use_curve
+from pipework.protocol.endpoint import default_endpoint
+from pipework.protocol.errors import ErrorCode, ProtocolError, Unavailable
+from pipework.protocol.messages import (
     TERMINAL_STATES,
     CancelReply,
     ListReply,

@@ -24,10 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pydantic_core
-from pydantic import BaseModel, ValidationError
-
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import (
+from pipework.protocol.errors import ErrorCode, ProtocolError
+from pipework.protocol.messages import (
     OPERATIONS,
     PROTOCOL_VERSION,
     REPLY_ADAPTER,
@@ -37,6 +35,7 @@ from protocol.messages import (
     TaskDoneEvent,
     _message_tag,
 )
+from pydantic import BaseModel, ValidationError
 
 __all__ = ["decode_reply", "decode_request", "encode", "error_reply", "invalid_error"]
 

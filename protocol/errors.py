@@ -23,7 +23,7 @@ import enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from protocol.messages import TaskInfo
+    from pipework.protocol.messages import TaskInfo
 
 __all__ = ["ErrorCode", "ProtocolError", "TaskFailed", "Unavailable"]
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal, TypeAlias
 
+from pipework.protocol.errors import ErrorCode
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,8 +33,6 @@ from pydantic import (
     TypeAdapter,
 )
 from pydantic_core import core_schema
-
-from protocol.errors import ErrorCode
 
 __all__ = [
     "OPERATIONS",

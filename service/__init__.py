@@ -1,7 +1,7 @@
 """pipework's machinery: ``WorkerService`` and the errors it raises.
 
 ```python
-from service import WorkerService
+from pipework.service import WorkerService
 
 with WorkerService(max_workers=4) as pool:
     future = pool.submit(fn, 1, 2)
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from service.errors import (
+from pipework.service.errors import (
     BrokenService,
     PipeworkError,
     QueueFull,
@@ -28,9 +28,14 @@ from service.errors import (
 )
 
 if TYPE_CHECKING:
-    from service.executor import DEFAULT_MAX_PENDING, EXIT_GRACE, TaskOptions, WorkerService
-    from service.futures import TaskFuture
-    from service.registry import TaskRegistryError, task
+    from pipework.service.daemon.registry import TaskRegistryError, task
+    from pipework.service.executor import (
+        DEFAULT_MAX_PENDING,
+        EXIT_GRACE,
+        TaskOptions,
+        WorkerService,
+    )
+    from pipework.service.futures import TaskFuture
 
 __all__ = [
     "DEFAULT_MAX_PENDING",
@@ -53,13 +58,13 @@ __all__ = [
 # Imported on first use, so a worker process (which imports service.worker)
 # does not pay for the executor, asyncio and the logging stack at start-up.
 _LAZY = {
-    "DEFAULT_MAX_PENDING": "service.executor",
-    "EXIT_GRACE": "service.executor",
-    "TaskOptions": "service.executor",
-    "WorkerService": "service.executor",
-    "TaskFuture": "service.futures",
-    "TaskRegistryError": "service.registry",
-    "task": "service.registry",
+    "DEFAULT_MAX_PENDING": "pipework.service.executor",
+    "EXIT_GRACE": "pipework.service.executor",
+    "TaskOptions": "pipework.service.executor",
+    "WorkerService": "pipework.service.executor",
+    "TaskFuture": "pipework.service.futures",
+    "TaskRegistryError": "pipework.service.daemon.registry",
+    "task": "pipework.service.daemon.registry",
 }
 
 

@@ -22,11 +22,11 @@ import queue
 import threading
 from typing import Any
 
-from service import pickling
-from service.errors import RemoteError, SerializationError
-from service.frames import Frame, Kind, Payload
-from service.ledger import Ledger, Task
-from service.logs import get_logger
+from pipework.service import pickling
+from pipework.service.errors import RemoteError, SerializationError
+from pipework.service.ledger import Ledger, Task
+from pipework.service.logs import get_logger
+from pipework.service.transports.frames import Frame, Kind, Payload
 
 __all__ = ["Collector", "RemoteTraceback", "rebuild_exception"]
 

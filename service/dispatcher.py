@@ -39,8 +39,8 @@ import threading
 import time
 from typing import Any
 
-from service.collector import Collector, rebuild_exception
-from service.errors import (
+from pipework.service.collector import Collector, rebuild_exception
+from pipework.service.errors import (
     BrokenService,
     PipeworkError,
     ServiceClosed,
@@ -48,11 +48,11 @@ from service.errors import (
     WorkerLost,
     describe_exitcode,
 )
-from service.frames import Frame, Kind
-from service.ledger import Ledger, Task, TaskState
-from service.logs import get_logger
-from service.supervisor import STOP_GRACE, Supervisor, WorkerHandle, WorkerState, monotonic
-from service.transports.base import TransportBroken
+from pipework.service.ledger import Ledger, Task, TaskState
+from pipework.service.logs import get_logger
+from pipework.service.supervisor import STOP_GRACE, Supervisor, WorkerHandle, WorkerState, monotonic
+from pipework.service.transports.base import TransportBroken
+from pipework.service.transports.frames import Frame, Kind
 
 __all__ = ["Dispatcher"]
 

@@ -31,15 +31,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, Literal, TypeVar, final
 
-from service import pickling
-from service.collector import Collector
-from service.dispatcher import Dispatcher
-from service.errors import BrokenService, PipeworkError, SerializationError, ServiceClosed
-from service.futures import TaskFuture
-from service.ledger import Ledger, Task
-from service.supervisor import StartMethod, Supervisor, default_start_method
-from service.transports import Transport, get_transport
-from service.worker import call_chunk, map_chunk, type_name
+from pipework.service import pickling
+from pipework.service.collector import Collector
+from pipework.service.dispatcher import Dispatcher
+from pipework.service.errors import BrokenService, PipeworkError, SerializationError, ServiceClosed
+from pipework.service.futures import TaskFuture
+from pipework.service.ledger import Ledger, Task
+from pipework.service.supervisor import StartMethod, Supervisor, default_start_method
+from pipework.service.transports import Transport, get_transport
+from pipework.service.worker import call_chunk, map_chunk, type_name
 
 __all__ = [
     "AUTO_CHUNK_MAX",

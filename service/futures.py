@@ -28,10 +28,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from service.logs import get_logger
+from pipework.service.logs import get_logger
 
 if TYPE_CHECKING:
-    from service.ledger import Task
+    from pipework.service.ledger import Task
 
 __all__ = ["TaskFuture"]
 

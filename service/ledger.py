@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from service.errors import QueueFull, ServiceClosed
+from pipework.service.errors import QueueFull, ServiceClosed
 
 if TYPE_CHECKING:
-    from service.futures import TaskFuture
+    from pipework.service.futures import TaskFuture
 
 __all__ = ["Ledger", "Task", "TaskState"]
 

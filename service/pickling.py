@@ -8,7 +8,7 @@ memory (``writev``, ZeroMQ frames with ``copy=False``) and the receiver
 unpickles in place (``pickle.loads(..., buffers=...)``). Below that size a
 copy costs less than the bookkeeping, so small buffers stay in band.
 
-A transport may instead share large buffers (``service.shm``): then only
+A transport may instead share large buffers (``service.transports.shm``): then only
 a descriptor crosses the channel and the receiver maps the segment. A
 worker's results are shared by ``dumps_result`` when its transport asked for
 it; a call's arguments, by the transport's ``send``.
@@ -25,8 +25,8 @@ import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from service import shm
-from service.frames import Payload
+from pipework.service.transports import shm
+from pipework.service.transports.frames import Payload
 
 __all__ = ["OUT_OF_BAND_MIN", "Share", "dumps", "dumps_result", "loads"]
 

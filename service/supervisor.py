@@ -32,9 +32,9 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 
-from service.ledger import Task, TaskState
-from service.transports.base import ParentChannel, Transport
-from service.worker import WorkerConfig, worker_main
+from pipework.service.ledger import Task, TaskState
+from pipework.service.transports.base import ParentChannel, Transport
+from pipework.service.worker import WorkerConfig, worker_main
 
 __all__ = ["KILL_GRACE", "StartMethod", "Supervisor", "WorkerHandle", "WorkerState", "monotonic"]
 

@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
-from service import pickling
-from service.errors import SerializationError
-from service.frames import Frame, Kind, Payload
-from service.transports.base import TransportBroken, WorkerChannel, WorkerEndpoint
+from pipework.service import pickling
+from pipework.service.errors import SerializationError
+from pipework.service.transports.base import TransportBroken, WorkerChannel, WorkerEndpoint
+from pipework.service.transports.frames import Frame, Kind, Payload
 
 __all__ = ["ErrorInfo", "WorkerConfig", "call_chunk", "error_info", "map_chunk", "worker_main"]
 

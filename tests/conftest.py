@@ -19,8 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-
-from service import WorkerService
+from pipework.service import WorkerService
 
 TRANSPORTS = ["pipe", "queue", "zmq"]
 

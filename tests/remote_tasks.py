@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import time
 
-from service import task
+from pipework.service import task
+
 from tests.daemon.tasks import add, crash, echo, fail, gate, not_json, sleep, spin_in_c
 
 __all__ = [

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from tests import tasks
 
 if TYPE_CHECKING:
-    from service import WorkerService
+    from pipework.service import WorkerService
 
 
 # -- tasks (run in workers) ---------------------------------------------------------

@@ -8,10 +8,9 @@ import sys
 import types
 import typing
 
+import pipework.protocol
+import pipework.service
 import pytest
-
-import protocol
-import service
 
 # Names a module gets from ``from typing import Any`` or ``from __future__ import
 # annotations`` are there for type hints, not for users; they are not API.

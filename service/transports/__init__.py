@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.transports.base import (
+from pipework.service.transports.base import (
     ParentChannel,
     Transport,
     TransportBroken,
@@ -34,16 +34,16 @@ def get_transport(spec: str | Transport) -> Transport:
     if not isinstance(spec, str):
         return spec
     if spec == "pipe":
-        from service.transports.pipe import PipeTransport  # noqa: PLC0415
+        from pipework.service.transports.pipe import PipeTransport  # noqa: PLC0415
 
         return PipeTransport()
     if spec == "queue":
-        from service.transports.queue import QueueTransport  # noqa: PLC0415
+        from pipework.service.transports.queue import QueueTransport  # noqa: PLC0415
 
         return QueueTransport()
     if spec in ("zmq", "zmq+tcp"):
         # Imported here so that pyzmq loads only for the pools that use it.
-        from service.transports.zmq import ZmqTransport  # noqa: PLC0415
+        from pipework.service.transports.zmq import ZmqTransport  # noqa: PLC0415
 
         return ZmqTransport("tcp" if spec == "zmq+tcp" else "ipc")
     raise ValueError(f"unknown transport {spec!r}; expected one of {', '.join(NAMES)}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from service.frames import Frame, Kind
+from pipework.service.transports.frames import Frame, Kind
 
 __all__ = [
     "ParentChannel",

@@ -40,14 +40,14 @@ import struct
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
-from service import shm
-from service.frames import KIND_OF, Frame, Kind, Payload
-from service.transports.base import (
+from pipework.service.transports import shm
+from pipework.service.transports.base import (
     ParentChannel,
     TransportBroken,
     TransportClosed,
     WorkerEndpoint,
 )
+from pipework.service.transports.frames import KIND_OF, Frame, Kind, Payload
 
 __all__ = ["PipeTransport"]
 

@@ -56,7 +56,7 @@ put into it would be copied into ``bytes``, pickled, written, read and
 unpickled, into fresh memory at every step (60-140 MiB/s for a 64 MiB echo
 on the 2-core development VM). So buffers of ``shm.SHARED_MIN`` bytes or
 more cross in shared memory and only their descriptors go through the Queue
-(``service.shm``): a task's arguments in a memfd that the channel holds
+(``service.transports.shm``): a task's arguments in a memfd that the channel holds
 until the worker has answered for that task (or is gone), a result in a
 named segment that ``recv()`` claims as it takes the frame and ``close()``
 sweeps if the worker died before it was sent (170-670 MiB/s for the same
@@ -91,15 +91,15 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from service import shm
-from service.frames import KIND_OF, Frame, Kind
-from service.logs import get_logger
-from service.transports.base import (
+from pipework.service.logs import get_logger
+from pipework.service.transports import shm
+from pipework.service.transports.base import (
     ParentChannel,
     TransportBroken,
     TransportClosed,
     WorkerEndpoint,
 )
+from pipework.service.transports.frames import KIND_OF, Frame, Kind
 
 __all__ = ["WORKER_LINGER", "QueueTransport"]
 

@@ -41,15 +41,14 @@ from collections.abc import Sequence
 from typing import Literal
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
-
-from service.frames import KIND_OF, Frame, Kind
-from service.transports.base import (
+from pipework.service.transports.base import (
     ParentChannel,
     TransportBroken,
     TransportClosed,
     WorkerEndpoint,
 )
+from pipework.service.transports.frames import KIND_OF, Frame, Kind
+from zmq.utils.monitor import recv_monitor_message
 
 __all__ = ["HEARTBEAT_TIMEOUT", "WORKER_LINGER_MS", "ZmqTransport"]
 

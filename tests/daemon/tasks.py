@@ -11,7 +11,7 @@ import signal
 import time
 from typing import Any
 
-from service import task
+from pipework.service import task
 
 
 class TaskFailure(Exception):

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from service.config import ConfigError, DaemonSettings, load_settings
+from pipework.service.daemon.config import ConfigError, DaemonSettings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +25,7 @@ def test_embedded_defaults(tmp_path: Path) -> None:
     assert s.journal_path == tmp_path / "state" / "pipework" / "journal.sqlite3"
     assert s.journal_sync == "full"
     assert s.workers == (os.cpu_count() or 1)
-    assert s.tasks == "service.example_tasks"
+    assert s.tasks == "pipework.service.daemon.example_tasks"
 
 
 def test_layering_file_then_env_then_flags(tmp_path: Path, monkeypatch) -> None:

@@ -27,9 +27,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from service.errors import PipeworkError
-from service.journal import (
+from pipework.service.daemon.journal import (
     STATES,
     TERMINAL,
     Journal,
@@ -37,6 +35,7 @@ from service.journal import (
     JournalLocked,
     TaskRecord,
 )
+from pipework.service.errors import PipeworkError
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD_TIMEOUT = 20.0
@@ -447,7 +446,7 @@ def test_errors_pickle_with_their_attributes() -> None:
 
 CHILD = r"""
 import sys, time
-from service.journal import Journal, TaskRecord
+from pipework.service.daemon.journal import Journal, TaskRecord
 
 mode, path = sys.argv[1], sys.argv[2]
 
@@ -817,11 +816,11 @@ TestJournalModel.settings = settings(max_examples=60, stateful_step_count=30, de
 
 @pytest.mark.timeout(90)
 def test_journal_benchmark_smoke(tmp_path: Path) -> None:
-    """``python -m benchmarks.journal --quick`` runs and reports every cell (never how fast)."""
+    """``python -m pipework.benchmarks.journal --quick`` runs and reports every cell (never how fast)."""
     out = tmp_path / "journal.json"
     args = ["--quick", "--json", str(out), "--dir", str(tmp_path / "bench")]
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.journal", *args],
+        [sys.executable, "-m", "pipework.benchmarks.journal", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

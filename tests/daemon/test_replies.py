@@ -7,12 +7,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from protocol.codec import decode_reply
-from protocol.messages import ResultReply, StatusReply, SubmitReply, TaskDoneEvent
-from service.daemon_replies import event, submit_reply, task_info, task_reply
-from service.journal import TaskRecord
-from service.outcomes import canonical_json
+from pipework.protocol.codec import decode_reply
+from pipework.protocol.messages import ResultReply, StatusReply, SubmitReply, TaskDoneEvent
+from pipework.service.daemon.journal import TaskRecord
+from pipework.service.daemon.outcomes import canonical_json
+from pipework.service.daemon.replies import event, submit_reply, task_info, task_reply
 
 
 def _dumps(obj: Any) -> bytes:

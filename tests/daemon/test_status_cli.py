@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pipework.service.cli.overview import render
 
-from service.overview import render
 from tests.daemon.conftest import REPO, Daemon, DaemonFactory, clean_env, wait_until
 
 MESSAGE = "<b>not bold</b>\nsecond line"
@@ -26,7 +26,7 @@ MESSAGE = "<b>not bold</b>\nsecond line"
 
 def _cli(endpoint: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "pipework.service.cli.parsing", *args],
         cwd=REPO,
         env=clean_env({"PIPEWORK_ENDPOINT": endpoint}),
         capture_output=True,
@@ -90,7 +90,15 @@ def test_status_json_is_the_gathered_data(held: Held) -> None:
 
 def test_status_watch_redraws_until_ctrl_c(held: Held) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "status", "--watch", "0.2", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "pipework.service.cli.parsing",
+            "status",
+            "--watch",
+            "0.2",
+            "--json",
+        ],
         cwd=REPO,
         env=clean_env({"PIPEWORK_ENDPOINT": held.daemon.endpoint}),
         stdout=subprocess.PIPE,

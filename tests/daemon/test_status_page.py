@@ -30,9 +30,9 @@ from typing import Any
 
 import psutil
 import pytest
+from pipework.service.daemon.config import ConfigError, load_settings
+from pipework.service.ops.status import BUCKETS, RECENT_FAILURES, StatusBoard
 
-from service.config import ConfigError, load_settings
-from service.status import BUCKETS, RECENT_FAILURES, StatusBoard
 from tests.conftest import STATUS_PAGE_SHOT
 from tests.daemon.conftest import Daemon, DaemonFactory, wait_until
 from tests.daemon.web import fetch, free_port
@@ -393,7 +393,7 @@ def test_browser_renders_workers_queue_and_escaped_failure(busy: Busy, tmp_path:
 
 def test_board_counts_finished_tasks_per_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1_000.0]  # a bucket boundary: 1000 // 5 == 200
-    monkeypatch.setattr("service.status.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("pipework.service.ops.status.time.monotonic", lambda: now[0])
     board = StatusBoard("0", journal=False)
 
     def finish(n: int) -> None:

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 import zmq
-
-from protocol import (
+from pipework.protocol import (
     AsyncClient,
     Client,
     ErrorCode,

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-
-from protocol import use_curve
-from service.keys import generate
+from pipework.protocol import use_curve
+from pipework.service.cli.keys import generate
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from protocol import ErrorCode, ErrorReply, ProtocolError, TaskState, codec
-from protocol.messages import REQUEST_ADAPTER
+from pipework.protocol import ErrorCode, ErrorReply, ProtocolError, TaskState, codec
+from pipework.protocol.messages import REQUEST_ADAPTER
 
 LIMIT = 1 << 20
 # The codes decode_request may raise; everything else is the daemon's.

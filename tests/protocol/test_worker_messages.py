@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pipework.protocol
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
-
-import protocol
-from protocol import (
+from pipework.protocol import (
     WORKER_MESSAGE_TYPES,
     Bye,
     Cancel,
@@ -37,9 +35,10 @@ from protocol import (
     decode_worker_message,
     encode,
 )
-from protocol import workers as workers_module
+from pipework.protocol import workers as workers_module
+from pydantic import ValidationError
 
-DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "pipework.protocol.md").read_text()
 LIMIT = 1 << 20
 CODES = {
     ErrorCode.BAD_FRAME,

@@ -1,0 +1,455 @@
+"""The ``pipework`` command line: argument parsing only.
+
+```
+pipework serve     run the daemon (docs/protocol.md) on embedded defaults or a config
+pipework submit    enqueue a task            pipework result   wait for a task's outcome
+pipework status    the daemon, or a task     pipework cancel   cancel a task
+pipework list      recent tasks              pipework stats    the daemon's counters
+pipework workers   worker processes          pipework demo     a daemon and a client, end to end
+pipework worker    serve a daemon's tasks from another host (a remote worker)
+pipework keys      generate CURVE key pairs for tcp:// endpoints
+pipework bench     measure: ipc (docs/ipc.md); pool, daemon vs peers (docs/performance.md)
+```
+
+Each subcommand hands off to the module that does the work (``service.daemon.server``,
+``service.cli.commands``, ``service.cli.demo_pool``); exit codes are listed in
+``service.cli.commands``. Also runnable as ``python -m pipework.service.cli.parsing``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipework.service import logs  # noqa: PLC0415 - keep client commands light
+    from pipework.service.daemon import server as daemon  # noqa: PLC0415 - keep client commands light
+    from pipework.service.daemon.config import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        settings = load_settings(
+            args.config,
+            endpoint=args.endpoint,
+            tasks=args.tasks,
+            workers=args.workers,
+            transport=args.transport,
+            journal=args.journal,
+            journal_path=args.journal_path,
+            journal_sync=args.journal_sync,
+            retries=args.retries,
+            task_timeout=args.task_timeout,
+            drain_timeout=args.drain_timeout,
+            result_ttl=args.result_ttl,
+            max_message_bytes=args.max_message_bytes,
+            workers_endpoint=args.workers_endpoint,
+            curve_secret_key=args.curve_secret_key,
+            curve_allow_dir=args.curve_allow_dir,
+            curve_worker_dir=args.curve_worker_dir,
+            heartbeat=args.heartbeat,
+            heartbeat_expiry=args.heartbeat_expiry,
+            log_format=args.log_format,
+            log_level=args.log_level,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            status_port=args.status_port,
+            status_host=args.status_host,
+            status_public=args.status_public,
+        )
+    except ConfigError as exc:
+        sys.stderr.write(f"pipework serve: {exc}\n")
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    return daemon.serve(settings)
+
+
+def _client(args: argparse.Namespace) -> int:
+    from pipework.service.cli import commands as control  # noqa: PLC0415
+
+    as_json = args.json
+    command = args.command
+    action: Callable[..., int]
+    if command == "submit":
+        try:
+            kwargs = json.loads(args.kwargs)
+        except ValueError as exc:
+            sys.stderr.write(f"pipework submit: --kwargs is not JSON: {exc}\n")
+            return control.EXIT_USAGE
+        if not isinstance(kwargs, dict):
+            sys.stderr.write("pipework submit: --kwargs must be a JSON object\n")
+            return control.EXIT_USAGE
+        action = control.submit(
+            args.task,
+            [control.parse_arg(a) for a in args.args],
+            kwargs,
+            as_json=as_json,
+            wait=args.wait,
+            key=args.key,
+            timeout=args.task_timeout,
+            retries=args.retries,
+            priority=args.priority,
+            delay=args.delay,
+        )
+    elif command == "status" and args.task_id is None:
+        from pipework.service.cli import overview  # noqa: PLC0415
+
+        if args.watch is not None and not args.watch > 0:
+            sys.stderr.write("pipework status: --watch needs a number of seconds above 0\n")
+            return control.EXIT_USAGE
+        action = overview.overview(as_json=as_json, watch=args.watch)
+    elif command == "status":
+        if args.watch is not None:
+            sys.stderr.write("pipework status: --watch redraws the overview; drop the task id\n")
+            return control.EXIT_USAGE
+        action = control.status(args.task_id, as_json=as_json)
+    elif command == "result":
+        action = control.result(args.task_id, wait=args.wait, as_json=as_json)
+    elif command == "cancel":
+        action = control.cancel(args.task_id, as_json=as_json)
+    elif command == "list":
+        action = control.list_tasks(args.state, args.limit, as_json=as_json)
+    elif command == "stats":
+        action = control.stats(as_json=as_json)
+    else:
+        action = control.workers(as_json=as_json)
+    return control.run_command(
+        args.endpoint, args.timeout, action, keys=(args.secret_key, args.server_key)
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.pool:
+        from pipework.service.cli import demo_pool as demo  # noqa: PLC0415
+
+        return demo.run()
+    from pipework.service.cli import demo_daemon as daemon_demo  # noqa: PLC0415
+
+    return daemon_demo.run()
+
+
+_BENCH_MODULES = {"ipc": "ipc", "pool": "pool", "daemon": "queues"}
+"""``pipework bench KIND`` runs ``benchmarks.<module>.run(quick=, docs=, json_path=)``."""
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        # Measuring code, and the peers it imports, load only for `bench`.
+        module = importlib.import_module(f"benchmarks.{_BENCH_MODULES[args.kind]}")
+    except ImportError as exc:
+        sys.stderr.write(f"pipework bench: the benchmarks package is not installed ({exc})\n")
+        return 2
+    json_path = None if args.json is None else Path(args.json)
+    code: int = module.run(quick=args.quick, docs=args.write_docs, json_path=json_path)
+    return code
+
+
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="measure, and print the tables (progress on stderr)",
+        description=(
+            "ipc: round-trip latency and echo bandwidth of each IPC mechanism in docs/ipc.md "
+            "(multiprocessing Queue, Pipe, Manager, shared_memory, pickle 5, ZeroMQ over "
+            "ipc:// and tcp://), each against one peer process in a fresh child. "
+            "pool: WorkerService on each transport against ProcessPoolExecutor, "
+            "multiprocessing.Pool, loky, pebble and mpire and the raw floors "
+            "(docs/performance.md). daemon: pipework serve against the task queues people "
+            "run instead (docs/performance.md). --quick is a smoke run of a few seconds."
+        ),
+    )
+    p.add_argument("kind", choices=sorted(_BENCH_MODULES), help="what to measure")
+    p.add_argument("--quick", action="store_true", help="a smoke run: few repeats, small sizes")
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="also rewrite the generated tables of the kind's docs (docs/ipc*.md, "
+        "docs/performance.md)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    p.set_defaults(handler=_bench)
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "serve",
+        help="run the daemon",
+        description=(
+            "Serve docs/protocol.md on a ZeroMQ ROUTER. With no flags: an ipc:// socket in a "
+            "private runtime directory, the SQLite journal on, a worker per core, the example "
+            "tasks. Settings come from defaults < --config TOML < PIPEWORK_* variables < flags. "
+            "SIGTERM/SIGINT drain (a second one stops at once); SIGHUP restarts the workers and "
+            "reloads the CURVE allow-list."
+        ),
+    )
+    p.add_argument("--config", metavar="FILE", help="a TOML file of settings")
+    p.add_argument("--endpoint", help="ipc://PATH or tcp://HOST:PORT to bind")
+    p.add_argument("--tasks", metavar="MODULE", help="module whose @task functions may run")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--transport", choices=["pipe", "queue", "zmq"], help="to local workers")
+    j = p.add_mutually_exclusive_group()
+    j.add_argument("--journal", dest="journal_path", metavar="PATH", help="journal file")
+    j.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_const",
+        const=False,
+        help="keep tasks in memory only (lost when the daemon stops)",
+    )
+    p.add_argument("--journal-sync", choices=["full", "normal", "off"])
+    p.add_argument("--retries", type=int, help="default re-runs after a worker dies (2)")
+    p.add_argument("--task-timeout", type=float, metavar="S", help="default seconds per run")
+    p.add_argument("--drain-timeout", type=float, metavar="S", help="SIGTERM deadline (30)")
+    p.add_argument("--result-ttl", type=float, metavar="S", help="keep results this long")
+    p.add_argument("--max-message-bytes", type=int, metavar="N", help="request size limit")
+    p.add_argument("--workers-endpoint", help="tcp://HOST:PORT where remote workers connect")
+    p.add_argument("--curve-secret-key", metavar="FILE", help="the daemon's NAME.key_secret")
+    p.add_argument("--curve-allow-dir", metavar="DIR", help="allowed public NAME.key files")
+    p.add_argument(
+        "--curve-worker-dir", metavar="DIR", help="public keys allowed as remote workers"
+    )
+    p.add_argument("--heartbeat", type=float, metavar="S", help="remote heartbeat interval (1)")
+    p.add_argument(
+        "--heartbeat-expiry", type=float, metavar="S", help="remote silence before loss (10)"
+    )
+    p.add_argument("--log-format", choices=["auto", "json", "console"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics (off)")
+    p.add_argument("--metrics-host", metavar="ADDR", help="address of the metrics (127.0.0.1)")
+    p.add_argument("--status-port", type=int, metavar="PORT", help="live status page (off)")
+    p.add_argument("--status-host", metavar="ADDR", help="address of the status page (127.0.0.1)")
+    p.add_argument(
+        "--status-public",
+        action="store_const",
+        const=True,
+        help="allow a --status-host that is not loopback: it shows errors and tracebacks",
+    )
+    p.set_defaults(handler=_serve, journal=None)
+
+
+def _add_curve_keys(parser: argparse.ArgumentParser, secret_help: str) -> None:
+    """--secret-key / --server-key, defaulting to $PIPEWORK_SECRET_KEY / $PIPEWORK_SERVER_KEY."""
+    parser.add_argument(
+        "--secret-key",
+        default=os.environ.get("PIPEWORK_SECRET_KEY"),
+        metavar="FILE",
+        help=f"{secret_help} ($PIPEWORK_SECRET_KEY)",
+    )
+    parser.add_argument(
+        "--server-key",
+        default=os.environ.get("PIPEWORK_SERVER_KEY"),
+        metavar="FILE",
+        help="the daemon's public NAME.key ($PIPEWORK_SERVER_KEY)",
+    )
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoint",
+        help="the daemon's endpoint (default: $PIPEWORK_ENDPOINT "
+        "or the daemon's default ipc socket)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for the daemon's reply (5)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _add_curve_keys(common, "your CURVE NAME.key_secret, for a tcp:// daemon")
+
+    p = commands.add_parser(
+        "submit",
+        parents=[common],
+        help="enqueue a task",
+        description="Enqueue TASK with ARGS (each parsed as JSON if it "
+        "parses, else taken as a string).",
+    )
+    p.add_argument("task")
+    p.add_argument("args", nargs="*")
+    p.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword arguments")
+    p.add_argument("--key", help="idempotency key (resubmitting it never runs the task twice)")
+    p.add_argument("--task-timeout", type=float, metavar="S", help="seconds one run may take")
+    p.add_argument("--retries", type=int, help="re-runs after its worker dies")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (-1000..1000)")
+    p.add_argument("--delay", type=float, default=0.0, metavar="S", help="start no sooner")
+    p.add_argument("--wait", type=float, metavar="S", help="also wait this long for the result")
+
+    st = commands.add_parser(
+        "status",
+        parents=[common],
+        help="the daemon at a glance, or a task's state",
+        description="Without TASK_ID: the daemon at a glance (counters, workers and what each "
+        "runs, the newest failures); with it: that task's state.",
+    )
+    st.add_argument("task_id", nargs="?", help="a task id (default: the overview)")
+    st.add_argument("--watch", type=float, metavar="S", help="redraw the overview every S s")
+    c = commands.add_parser("cancel", parents=[common], help="cancel a task")
+    c.add_argument("task_id")
+    r = commands.add_parser("result", parents=[common], help="wait for a task's outcome")
+    r.add_argument("task_id")
+    r.add_argument("--wait", type=float, default=30.0, metavar="S", help="how long (30)")
+    ls = commands.add_parser("list", parents=[common], help="recent tasks")
+    ls.add_argument(
+        "--state",
+        choices=["queued", "running", "done", "failed", "cancelled", "timed_out", "quarantined"],
+    )
+    ls.add_argument("--limit", type=int, default=20)
+    commands.add_parser("stats", parents=[common], help="the daemon's counters")
+    commands.add_parser("workers", parents=[common], help="worker processes and their tasks")
+    for name in ("submit", "status", "cancel", "result", "list", "stats", "workers"):
+        commands.choices[name].set_defaults(handler=_client)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from pipework.service import logs  # noqa: PLC0415
+    from pipework.service.remote_worker import RemoteWorker, RemoteWorkerError  # noqa: PLC0415
+
+    logs.configure(args.log_format, args.log_level)
+    try:
+        worker = RemoteWorker(
+            args.connect,
+            tasks=args.tasks,
+            slots=args.slots,
+            secret_key=None if args.secret_key is None else Path(args.secret_key),
+            server_key=None if args.server_key is None else Path(args.server_key),
+            exit_after=args.exit_after,
+            transport=args.transport,
+            max_message_bytes=args.max_message_bytes,
+        )
+    except RemoteWorkerError as exc:
+        sys.stderr.write(f"pipework worker: {exc}\n")
+        return 2
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "worker",
+        help="serve a daemon's tasks from this host (a remote worker)",
+        description=(
+            "Connect to a daemon's worker endpoint and run its tasks in a local pool of "
+            "SLOTS processes (docs/protocol.md, remote workers). Reconnects with backoff when "
+            "the daemon goes away. tcp:// requires CURVE keys. SIGTERM/SIGINT or the daemon's "
+            "stop: kill running tasks, say bye, exit 0 (a second signal exits at once)."
+        ),
+    )
+    p.add_argument("--connect", required=True, metavar="ENDPOINT", help="tcp://HOST:PORT")
+    p.add_argument("--tasks", required=True, metavar="MODULE", help="the daemon's task module")
+    p.add_argument(
+        "--slots", type=int, metavar="N", help="local worker processes (default: one per core)"
+    )
+    _add_curve_keys(p, "this worker's CURVE NAME.key_secret")
+    p.add_argument(
+        "--exit-after",
+        type=float,
+        metavar="S",
+        help="exit 0 after S seconds without a session (default: retry for ever)",
+    )
+    p.add_argument("--transport", choices=["pipe", "queue", "zmq"], default="pipe")
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="N",
+        help="largest result JSON sent, as the daemon's setting (1 MiB)",
+    )
+    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.set_defaults(handler=_worker)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from pipework.service.cli import keys  # noqa: PLC0415
+
+    try:
+        public, secret = keys.generate(args.directory, args.name)
+    except ValueError as exc:
+        sys.stderr.write(f"pipework keys generate: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"pipework keys generate: {exc}\n")
+        return 1
+    sys.stdout.write(f"public key: {public}\nsecret key: {secret}\n")
+    return 0
+
+
+def _add_keys(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("keys", help="CURVE key pairs for tcp:// endpoints")
+    actions = p.add_subparsers(title="actions", dest="keys_action", required=True)
+    g = actions.add_parser(
+        "generate",
+        help="write DIR/NAME.key (public, 0644) and DIR/NAME.key_secret (0600)",
+        description=(
+            "Write a new CURVE key pair: DIR/NAME.key (the public key: copy it to the daemon's "
+            "allow-list directory, or to clients and workers for the daemon's own pair) and "
+            "DIR/NAME.key_secret (keep it on this host). DIR is created with mode 0700; "
+            "existing files are never overwritten."
+        ),
+    )
+    g.add_argument("directory", metavar="DIR")
+    g.add_argument("name", metavar="NAME")
+    g.set_defaults(handler=_keys)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``pipework`` argument parser, with one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog="pipework",
+        description="A process pool and task daemon that survives worker deaths.",
+        epilog="Exit codes: 0 ok, 1 task not done, 2 usage, 3 no daemon answered, "
+        "4 error reply, 5 wait ran out.",
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", required=True)
+    _add_serve(commands)
+    _add_client_commands(commands)
+    _add_worker(commands)
+    _add_keys(commands)
+    _add_bench(commands)
+    demo_parser = commands.add_parser(
+        "demo",
+        help="start a daemon on its defaults and run a client against it",
+        description=(
+            "Start `pipework serve` on its embedded defaults, submit tasks to it as a client "
+            "(results, a failure, a crash that is retried then quarantined, a cancel), print "
+            "what each shows, and stop the daemon. Exits 1 if anything misbehaves."
+        ),
+    )
+    demo_parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="instead, tour an in-process WorkerService surviving a kill, a retry, a timeout",
+    )
+    demo_parser.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``pipework`` command.
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code (see ``service.cli.commands``): 0 on success, 2 for a usage error.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): report, don't exit
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The daemon, ``pipework serve``: server loop, requests, scheduling, journal, remotes."""

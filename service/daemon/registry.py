@@ -1,0 +1,98 @@
+"""Task registration: which functions a daemon may run, by name.
+
+A task module is an ordinary module whose daemon-runnable functions carry the
+``@task`` decorator::
+
+    from pipework.service import task
+
+    @task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @task(name="images.resize")
+    def resize(path: str, width: int) -> str: ...
+
+``pipework serve --tasks mymodule`` imports the module and runs only those
+names. The decorator returns the function itself (marked), so it stays
+picklable by reference and callable as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+__all__ = ["TaskRegistryError", "load_tasks", "task"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MARK = "__pipework_task__"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+
+
+class TaskRegistryError(Exception):
+    """A task module cannot be loaded, or registers a bad or duplicate name."""
+
+
+@overload
+def task(fn: F, /) -> F: ...
+@overload
+def task(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def task(fn: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Mark a module-level function as a task the daemon may run.
+
+    Args:
+        fn: the function (when used as ``@task``).
+        name: the name clients use (default: the function's ``__name__``).
+            Letters, digits and ``_ . : -``, at most 200 characters.
+
+    Raises:
+        TaskRegistryError: the name is not a valid task name.
+    """
+
+    def mark(f: F) -> F:
+        chosen = f.__name__ if name is None else name
+        if not _NAME.match(chosen):
+            raise TaskRegistryError(
+                f"bad task name {chosen!r}: use letters, digits and _ . : -, at most 200 chars"
+            )
+        setattr(f, _MARK, chosen)
+        return f
+
+    return mark if fn is None else mark(fn)
+
+
+def load_tasks(module_name: str) -> Mapping[str, Callable[..., Any]]:
+    """Import ``module_name`` and return its ``@task`` functions by name.
+
+    Raises:
+        TaskRegistryError: the module cannot be imported, registers no task,
+            or registers one name twice.
+    """
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise TaskRegistryError(
+            f"cannot import task module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    found: dict[str, Callable[..., Any]] = {}
+    for attr, value in vars(module).items():
+        name = getattr(value, _MARK, None) if callable(value) else None
+        if not isinstance(name, str):
+            continue
+        if name in found and found[name] is not value:
+            raise TaskRegistryError(
+                f"task module {module_name!r} registers {name!r} twice "
+                f"({found[name].__qualname__} and {attr})"
+            )
+        found[name] = value
+    if not found:
+        raise TaskRegistryError(
+            f"task module {module_name!r} has no @task functions; "
+            "mark the functions the daemon may run with service.task"
+        )
+    return found

@@ -1,0 +1,1 @@
+"""Running the daemon in production: metrics, systemd notify, the status page."""
