@@ -11,7 +11,7 @@
               pipework serve --workers 0 ◀──tcp://127.0.0.1 + CURVE, or ipc://──▶ worker --slots W
 ```
 
-Every cell starts its own daemon (``python -m pipework.service.cli.parsing serve --workers W
+Every cell starts its own daemon (``python -m pipework serve --workers W
 --tasks service.daemon.example_tasks``, an ``ipc://`` socket and its journal in a
 private temporary directory), waits until it answers ``stats``, warms it up
 with ``WARM_UP_TRIPS`` round trips (so its workers are running), measures,
@@ -37,7 +37,7 @@ Python client sends: compact JSON with a fresh uuid4 ``key`` per submit.
    accept, measured with ``benchmarks.journal.commit_ceiling`` in the same
    directory (file system) as the daemons' journals.
 5. **remote workers**: the daemon runs no workers of its own (``--workers
-   0``); one remote worker (``python -m pipework.service.cli.parsing worker --slots W``, as
+   0``); one remote worker (``python -m pipework worker --slots W``, as
    many slots as the local cells have workers) connects to its
    ``--workers-endpoint`` over ``tcp://127.0.0.1`` with CURVE (key pairs
    made by ``service.cli.keys.generate`` in the cell's private directory, the
@@ -86,6 +86,7 @@ from typing import Any, Literal, NoReturn
 
 import psutil
 import zmq
+
 from pipework.benchmarks.common import (
     JSONDict,
     Progress,
@@ -159,7 +160,7 @@ def _daemon_command(
     cmd = [
         sys.executable,
         "-m",
-        "pipework.service.cli.parsing",
+        "pipework",
         "serve",
         "--endpoint",
         endpoint,
@@ -204,7 +205,7 @@ def _link(placement: Placement, workdir: Path, slots: int) -> _Link:
     worker = [
         sys.executable,
         "-m",
-        "pipework.service.cli.parsing",
+        "pipework",
         "worker",
         "--tasks",
         "pipework.service.daemon.example_tasks",

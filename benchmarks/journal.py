@@ -55,6 +55,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
+
 from pipework.benchmarks.common import (
     JSONDict,
     filesystem,

@@ -246,7 +246,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipework.benchmarks.pool``: the same as ``pipework bench pool``, plus ``--workers``."""
+    """``python -m pipework.benchmarks.pool``: ``pipework bench pool``, plus ``--workers``."""
     parser = argparse.ArgumentParser(
         prog="python -m pipework.benchmarks.pool", description=__doc__.split("\n", 1)[0]
     )

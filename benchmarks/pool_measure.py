@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import psutil
+
 from pipework.benchmarks import pool_floors, tasks
 from pipework.benchmarks.common import MIB, JSONDict, loadavg, percentile
 from pipework.benchmarks.pool_plan import Cell, Counts

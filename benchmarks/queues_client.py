@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psutil
+
 from pipework.benchmarks.common import MIB, JSONDict, emit_result, percentile
 from pipework.benchmarks.queues_peers import PEERS
 

@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
 from pipework.protocol.codec import invalid_error
 from pipework.protocol.errors import ErrorCode, ProtocolError, TaskFailed
 from pipework.protocol.messages import (
@@ -39,7 +41,6 @@ from pipework.protocol.messages import (
     TaskState,
     WorkersRequest,
 )
-from pydantic import BaseModel, ValidationError
 
 # call(): how long one result request asks the daemon to hold it. The spec
 # allows 3600 s; shorter slices notice a restarted daemon sooner.

@@ -27,6 +27,7 @@ from typing import Any, Self
 
 import zmq
 import zmq.asyncio
+
 from pipework.protocol._requests import (
     RESULT_SLICE,
     Deadline,

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import zmq
+
 from pipework.protocol._requests import (
     POLL_SLICE,
     RESULT_SLICE,

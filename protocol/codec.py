@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pydantic_core
+from pydantic import BaseModel, ValidationError
+
 from pipework.protocol.errors import ErrorCode, ProtocolError
 from pipework.protocol.messages import (
     OPERATIONS,
@@ -35,7 +37,6 @@ from pipework.protocol.messages import (
     TaskDoneEvent,
     _message_tag,
 )
-from pydantic import BaseModel, ValidationError
 
 __all__ = ["decode_reply", "decode_request", "encode", "error_reply", "invalid_error"]
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pipework.protocol.errors import ErrorCode
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,6 +32,8 @@ from pydantic import (
     TypeAdapter,
 )
 from pydantic_core import core_schema
+
+from pipework.protocol.errors import ErrorCode
 
 __all__ = [
     "OPERATIONS",

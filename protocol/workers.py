@@ -34,16 +34,6 @@ import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Self, TypeAlias
 
-from pipework.protocol.codec import (
-    _PARSE_ERRORS,
-    _as_bytes,
-    _bad_json,
-    _parse_object,
-    encode,
-    invalid_error,
-)
-from pipework.protocol.errors import ErrorCode, ProtocolError
-from pipework.protocol.messages import PROTOCOL_VERSION, _Float, _Int, _Name, _Str, _Version
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -55,6 +45,17 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from pipework.protocol.codec import (
+    _PARSE_ERRORS,
+    _as_bytes,
+    _bad_json,
+    _parse_object,
+    encode,
+    invalid_error,
+)
+from pipework.protocol.errors import ErrorCode, ProtocolError
+from pipework.protocol.messages import PROTOCOL_VERSION, _Float, _Int, _Name, _Str, _Version
 
 __all__ = [
     "MAX_ERROR_TEXT",

@@ -59,6 +59,7 @@ from typing import Any, cast
 
 import zmq
 import zmq.utils.monitor
+
 from pipework.protocol.errors import ProtocolError
 from pipework.protocol.workers import (
     MAX_ERROR_TEXT,

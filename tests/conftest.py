@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+
 from pipework.service import WorkerService
 
 TRANSPORTS = ["pipe", "queue", "zmq"]

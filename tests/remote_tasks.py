@@ -11,7 +11,6 @@ import os
 import time
 
 from pipework.service import task
-
 from tests.daemon.tasks import add, crash, echo, fail, gate, not_json, sleep, spin_in_c
 
 __all__ = [

@@ -8,9 +8,10 @@ import sys
 import types
 import typing
 
-import pipework.protocol
-import pipework.service
 import pytest
+
+import pipework
+from pipework import protocol, service
 
 # Names a module gets from ``from typing import Any`` or ``from __future__ import
 # annotations`` are there for type hints, not for users; they are not API.
@@ -36,7 +37,7 @@ def public_names(module: types.ModuleType) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("module", [service, protocol], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [pipework, service, protocol], ids=lambda m: m.__name__)
 def test_all_lists_every_public_name(module: types.ModuleType) -> None:
     exported = module.__all__
     assert len(exported) == len(set(exported)), "duplicates in __all__"
@@ -47,11 +48,18 @@ def test_all_lists_every_public_name(module: types.ModuleType) -> None:
 
 def test_protocol_never_imports_service() -> None:
     code = (
-        "import protocol, sys; "
-        "print(any(m == 'service' or m.startswith('service.') for m in sys.modules))"
+        "import pipework.protocol, sys; "
+        "print(any(m.startswith('pipework.service') for m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_facade_names_are_the_modules_own() -> None:
+    """``pipework.X`` is the very object ``pipework.service.X`` or ``pipework.protocol.X`` is."""
+    for name in pipework.__all__:
+        home = protocol if name in protocol.__all__ else service
+        assert getattr(pipework, name) is getattr(home, name), name

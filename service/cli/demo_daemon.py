@@ -69,7 +69,7 @@ def _daemon(endpoint: str, checks: _Checks) -> Iterator[None]:
         return
     checks.say(f"starting `pipework serve` (embedded defaults) at {endpoint}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipework.service.cli.parsing", "serve", "--log-level", "error"],
+        [sys.executable, "-m", "pipework", "serve", "--log-level", "error"],
         stdin=subprocess.DEVNULL,
     )
     try:

@@ -13,7 +13,7 @@ pipework bench     measure: ipc (docs/ipc.md); pool, daemon vs peers (docs/perfo
 
 Each subcommand hands off to the module that does the work (``service.daemon.server``,
 ``service.cli.commands``, ``service.cli.demo_pool``); exit codes are listed in
-``service.cli.commands``. Also runnable as ``python -m pipework.service.cli.parsing``.
+``service.cli.commands``. Also runnable as ``python -m pipework``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pipework.protocol.endpoint import default_endpoint
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -19,6 +18,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from pipework.protocol.endpoint import default_endpoint
 
 __all__ = ["ConfigError", "DaemonSettings", "default_journal_path", "load_settings"]
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import zmq
 import zmq.auth
-from pipework.service.logs import get_logger
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
+
+from pipework.service.logs import get_logger
 
 __all__ = ["CLIENTS", "WORKERS", "AllowList", "CurveServer", "SecurityError", "needs_curve"]
 

@@ -52,6 +52,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import zmq
+
 from pipework.protocol.codec import decode_request, error_reply
 from pipework.protocol.errors import ErrorCode, ProtocolError
 from pipework.protocol.messages import (

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+
 from pipework.protocol.errors import ProtocolError
 from pipework.protocol.workers import (
     RESULT_OVERHEAD,

@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
+
 from pipework.service.transports.base import (
     ParentChannel,
     TransportBroken,
@@ -48,7 +50,6 @@ from pipework.service.transports.base import (
     WorkerEndpoint,
 )
 from pipework.service.transports.frames import KIND_OF, Frame, Kind
-from zmq.utils.monitor import recv_monitor_message
 
 __all__ = ["HEARTBEAT_TIMEOUT", "WORKER_LINGER_MS", "ZmqTransport"]
 

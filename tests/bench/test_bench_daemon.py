@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from pipework.benchmarks import queues
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pipework.benchmarks import ipc
 from pipework.service.cli.parsing import main
 
@@ -36,7 +37,7 @@ def _rows(report: str) -> dict[str, list[str]]:
 def test_quick_run_prints_the_table_with_progress() -> None:
     docs_before = {name: (ROOT / "docs" / name).read_bytes() for name in ipc.DOCS.values()}
     done = subprocess.run(
-        [sys.executable, "-m", "pipework.service.cli.parsing", "bench", "ipc", "--quick"],
+        [sys.executable, "-m", "pipework", "bench", "ipc", "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,

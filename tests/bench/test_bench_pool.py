@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pipework.benchmarks import pool
 from pipework.benchmarks.common import rewrite_blocks
 from pipework.benchmarks.pool_plan import QUICK, ROWS, TRANSPORTS, Cell, plan
@@ -46,7 +47,7 @@ def test_quick_run_measures_every_cell(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "pipework.service.cli.parsing",
+            "pipework",
             "bench",
             "pool",
             "--quick",

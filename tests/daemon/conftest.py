@@ -1,7 +1,7 @@
 """Fixtures for the daemon end-to-end tests: real ``pipework serve`` processes.
 
 ``daemon`` is a factory: ``daemon(*extra_args, journal=..., env=...)`` starts
-``python -m pipework.service.cli.parsing serve`` from the repository root with two workers,
+``python -m pipework serve`` from the repository root with two workers,
 ``--tasks tests.daemon.tasks`` and an ``ipc://`` endpoint in a private 0700
 directory, waits until it answers ``stats`` and returns a :class:`Daemon`
 handle. ``module_daemons`` is the same factory with module scope, for test
@@ -18,7 +18,7 @@ gone 3 s after it is; leftovers are SIGKILLed by pid and fail the test. A
 failing test shows the tail of each of its daemons' stderr (JSON logs).
 
 ``PIPEWORK_TEST_SERVE`` (a command line, split with shlex) runs the suite
-against another build of the daemon instead of ``python -m pipework.service.cli.parsing serve``.
+against another build of the daemon instead of ``python -m pipework serve``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ ORPHAN_GRACE = 3.0
 SERVE = (
     shlex.split(os.environ["PIPEWORK_TEST_SERVE"])
     if os.environ.get("PIPEWORK_TEST_SERVE")
-    else [sys.executable, "-m", "pipework.service.cli.parsing", "serve"]
+    else [sys.executable, "-m", "pipework", "serve"]
 )
 
 #: Every error code docs/protocol.md defines.

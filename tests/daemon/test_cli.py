@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pipework.service.cli.parsing import main
 
 # Below the per-test pytest-timeout, so a hang fails here with the output so far.
@@ -14,11 +15,11 @@ RUN_TIMEOUT = 45.0
 
 
 def pipework_command() -> list[str]:
-    """The installed console script next to this interpreter, else ``python -m pipework.service.cli.parsing``."""
+    """The installed console script next to this interpreter, else ``python -m pipework``."""
     script = Path(sys.executable).with_name("pipework")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "pipework.service.cli.parsing"]
+    return [sys.executable, "-m", "pipework"]
 
 
 def run(args: list[str], command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -50,7 +51,7 @@ def test_demo_shows_every_scene_and_exits_0() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [None, [sys.executable, "-m", "pipework.service.cli.parsing"]],
+    [None, [sys.executable, "-m", "pipework"]],
     ids=["console-script", "python-m"],
 )
 def test_help_lists_demo(command: list[str] | None) -> None:

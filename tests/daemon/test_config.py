@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from pipework.service.daemon.config import ConfigError, DaemonSettings, load_settings
 
 

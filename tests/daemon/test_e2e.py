@@ -609,7 +609,7 @@ def test_sighup_replaces_every_worker_and_loses_no_task(daemon: DaemonFactory) -
 
 def _cli(endpoint: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipework.service.cli.parsing", *args],
+        [sys.executable, "-m", "pipework", *args],
         cwd=REPO,
         env=clean_env({"PIPEWORK_ENDPOINT": endpoint}),
         capture_output=True,

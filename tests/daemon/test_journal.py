@@ -27,6 +27,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from pipework.service.daemon.journal import (
     STATES,
     TERMINAL,
@@ -816,7 +817,7 @@ TestJournalModel.settings = settings(max_examples=60, stateful_step_count=30, de
 
 @pytest.mark.timeout(90)
 def test_journal_benchmark_smoke(tmp_path: Path) -> None:
-    """``python -m pipework.benchmarks.journal --quick`` runs and reports every cell (never how fast)."""
+    """``python -m pipework.benchmarks.journal --quick`` reports every cell (never how fast)."""
     out = tmp_path / "journal.json"
     args = ["--quick", "--json", str(out), "--dir", str(tmp_path / "bench")]
     proc = subprocess.run(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
+
 from pipework.service.cli import keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def test_load_keypair_refuses_what_it_should(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipework.service.cli.parsing", "keys", *args],
+        [sys.executable, "-m", "pipework", "keys", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from pipework.service.ops.metrics import Metrics
 
+from pipework.service.ops.metrics import Metrics
 from tests.daemon.conftest import DaemonFactory, wait_until
 from tests.daemon.web import Sample, fetch, free_port, sample, scrape
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pipework.service.ops import notify as sd
 
+from pipework.service.ops import notify as sd
 from tests.daemon.conftest import READY_TIMEOUT, DaemonFactory, wait_until
 
 WATCHDOG_USEC = 400_000  # pings every 0.2 s

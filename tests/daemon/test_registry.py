@@ -7,6 +7,7 @@ import sys
 import types
 
 import pytest
+
 from pipework.service import TaskRegistryError, task
 from pipework.service.daemon.registry import load_tasks
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from pipework.protocol.codec import decode_reply
 from pipework.protocol.messages import ResultReply, StatusReply, SubmitReply, TaskDoneEvent
 from pipework.service.daemon.journal import TaskRecord

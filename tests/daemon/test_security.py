@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from pipework.protocol import Client, ProtocolError, Unavailable
 from pipework.service.cli.keys import generate
-
 from tests.daemon.conftest import DaemonFactory, wait_until
 
 
@@ -92,6 +92,7 @@ def _hello_answered(endpoint: str, secret: Path, server_public: Path) -> bool:
     import json  # noqa: PLC0415
 
     import zmq  # noqa: PLC0415
+
     from pipework.protocol import use_curve  # noqa: PLC0415
 
     ctx = zmq.Context()

@@ -20,7 +20,7 @@ START_TIMEOUT = 30.0
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``pipework serve`` expecting it to refuse (so it exits by itself)."""
     return subprocess.run(
-        [sys.executable, "-m", "pipework.service.cli.parsing", "serve", *args],
+        [sys.executable, "-m", "pipework", "serve", *args],
         cwd=REPO,
         env=clean_env(env),
         capture_output=True,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pipework.service.cli.overview import render
 
+from pipework.service.cli.overview import render
 from tests.daemon.conftest import REPO, Daemon, DaemonFactory, clean_env, wait_until
 
 MESSAGE = "<b>not bold</b>\nsecond line"
@@ -26,7 +26,7 @@ MESSAGE = "<b>not bold</b>\nsecond line"
 
 def _cli(endpoint: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipework.service.cli.parsing", *args],
+        [sys.executable, "-m", "pipework", *args],
         cwd=REPO,
         env=clean_env({"PIPEWORK_ENDPOINT": endpoint}),
         capture_output=True,
@@ -93,7 +93,7 @@ def test_status_watch_redraws_until_ctrl_c(held: Held) -> None:
         [
             sys.executable,
             "-m",
-            "pipework.service.cli.parsing",
+            "pipework",
             "status",
             "--watch",
             "0.2",

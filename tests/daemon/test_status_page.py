@@ -30,9 +30,9 @@ from typing import Any
 
 import psutil
 import pytest
+
 from pipework.service.daemon.config import ConfigError, load_settings
 from pipework.service.ops.status import BUCKETS, RECENT_FAILURES, StatusBoard
-
 from tests.conftest import STATUS_PAGE_SHOT
 from tests.daemon.conftest import Daemon, DaemonFactory, wait_until
 from tests.daemon.web import fetch, free_port

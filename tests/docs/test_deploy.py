@@ -29,10 +29,10 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
+
 from pipework.service.cli.parsing import build_parser
 from pipework.service.daemon.config import DaemonSettings, load_settings
 from pipework.service.daemon.server import _WORKERS_UP_TIMEOUT
-
 from tests.daemon.conftest import DaemonFactory
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from pipework.benchmarks.ipc import DOCS, MECHANISMS, SECTIONS, rewrite_blocks
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from pipework.service.cli.parsing import build_parser
 from pipework.service.daemon.config import DaemonSettings, load_settings
 

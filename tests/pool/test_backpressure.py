@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-from pipework.service import QueueFull, WorkerService
 
+from pipework.service import QueueFull, WorkerService
 from tests import tasks
 
 

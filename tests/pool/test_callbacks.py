@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import structlog
-from pipework.service import DEFAULT_MAX_PENDING, WorkerService
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
+from pipework.service import DEFAULT_MAX_PENDING, WorkerService
 from tests import tasks, tasks_more
 
 MakePool = Callable[..., WorkerService]

@@ -7,6 +7,7 @@ from concurrent.futures import BrokenExecutor
 from typing import Any
 
 import pytest
+
 from pipework.service import (
     BrokenService,
     PipeworkError,

@@ -17,10 +17,10 @@ import time
 from typing import Any
 
 import pytest
+
 from pipework.service import WorkerService
 from pipework.service.futures import TaskFuture
 from pipework.service.ledger import Task
-
 from tests.tasks import add, raise_value_error, sleep_then
 
 pytestmark = pytest.mark.timeout(30)

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from pipework.service import WorkerLost, WorkerService
 from pipework.service.transports.zmq import ZmqTransport
-
 from tests import tasks
 from tests.conftest import wait_for, wait_gone
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import psutil
 import pytest
-from pipework.service import BrokenService, SerializationError, WorkerService
 
+from pipework.service import BrokenService, SerializationError, WorkerService
 from tests import tasks, tasks_more
 from tests.conftest import descendants, wait_gone
 

@@ -40,8 +40,8 @@ from typing import Any
 
 import psutil
 import pytest
-from pipework.service import TaskFuture, WorkerLost, WorkerService
 
+from pipework.service import TaskFuture, WorkerLost, WorkerService
 from tests import tasks
 from tests import tasks_faults as faults
 from tests.conftest import wait_gone

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, cast
 
 import pytest
-from pipework.service import SerializationError, TaskFuture, WorkerService
 
+from pipework.service import SerializationError, TaskFuture, WorkerService
 from tests import tasks, tasks_more
 
 MakePool = Callable[..., WorkerService]

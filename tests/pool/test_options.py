@@ -9,8 +9,8 @@ from typing import Any
 
 import psutil
 import pytest
-from pipework.service import TaskTimeout, WorkerLost, WorkerService
 
+from pipework.service import TaskTimeout, WorkerLost, WorkerService
 from tests import tasks, tasks_more
 
 MakePool = Callable[..., WorkerService]

@@ -17,9 +17,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from pipework.service import WorkerService
 from pipework.service.dispatcher import Dispatcher, _Waker
-
 from tests import tasks
 from tests import tasks_faults as faults
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 
 from pipework.service import WorkerService
-
 from tests import tasks
 from tests.conftest import wait_for
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from pipework.service import ServiceClosed, WorkerService
 
+from pipework.service import ServiceClosed, WorkerService
 from tests import tasks
 from tests.conftest import wait_for, wait_gone
 

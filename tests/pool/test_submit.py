@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import pytest
+
 from pipework.service import TaskFuture, TaskTimeout, WorkerService
 from pipework.service.dispatcher import Dispatcher
-
 from tests import tasks
 
 

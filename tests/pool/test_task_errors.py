@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipework.service import RemoteError, SerializationError, WorkerService
 
+from pipework.service import RemoteError, SerializationError, WorkerService
 from tests import tasks, tasks_more
 from tests.conftest import TRANSPORTS, wait_gone
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipework.service import TaskFuture, WorkerLost, WorkerService
 
+from pipework.service import TaskFuture, WorkerLost, WorkerService
 from tests import tasks
 from tests import tasks_faults as faults
 from tests.conftest import wait_gone

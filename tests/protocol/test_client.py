@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import zmq
+
 from pipework.protocol import (
     AsyncClient,
     Client,

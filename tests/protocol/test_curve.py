@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+
 from pipework.protocol import use_curve
 from pipework.service.cli.keys import generate
 

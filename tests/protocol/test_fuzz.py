@@ -15,6 +15,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from pipework.protocol import ErrorCode, ErrorReply, ProtocolError, TaskState, codec
 from pipework.protocol.messages import REQUEST_ADAPTER
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pipework.protocol import (
     PROTOCOL_VERSION,
     TERMINAL_STATES,
@@ -34,7 +35,7 @@ from pipework.protocol import (
     error_reply,
 )
 
-DOC = (Path(__file__).resolve().parents[2] / "docs" / "pipework.protocol.md").read_text()
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
 LIMIT = 1 << 20
 CLIENT_ONLY = {ErrorCode.UNAVAILABLE, ErrorCode.TASK_FAILED}
 

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import pipework.protocol
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from pipework import protocol
 from pipework.protocol import (
     WORKER_MESSAGE_TYPES,
     Bye,
@@ -36,9 +38,8 @@ from pipework.protocol import (
     encode,
 )
 from pipework.protocol import workers as workers_module
-from pydantic import ValidationError
 
-DOC = (Path(__file__).resolve().parents[2] / "docs" / "pipework.protocol.md").read_text()
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
 LIMIT = 1 << 20
 CODES = {
     ErrorCode.BAD_FRAME,

@@ -23,8 +23,8 @@ from typing import Any
 
 import psutil
 import pytest
-from pipework.service.cli.keys import generate
 
+from pipework.service.cli.keys import generate
 from tests.daemon.conftest import REPO, TASKS_MODULE, DaemonFactory, clean_env, wait_until
 from tests.daemon.netns import Host, host_pair, require_netns
 
@@ -73,7 +73,7 @@ class Workers:
         argv = host.command(
             sys.executable,
             "-m",
-            "pipework.service.cli.parsing",
+            "pipework",
             "worker",
             "--connect",
             connect,
@@ -246,7 +246,8 @@ def test_a_partition_longer_than_the_expiry_loses_nothing(
 
 def _peer_script(connect: str, secret: Path | None, server: Path) -> str:
     curve = (
-        f"from pipework.protocol.curve import use_curve; use_curve(s, {str(secret)!r}, {str(server)!r})"
+        "from pipework.protocol.curve import use_curve; "
+        f"use_curve(s, {str(secret)!r}, {str(server)!r})"
         if secret
         else "pass"
     )
@@ -316,7 +317,7 @@ def test_tcp_clients_need_curve_and_keys_can_be_limited_to_tasks(
             b.command(
                 sys.executable,
                 "-m",
-                "pipework.service.cli.parsing",
+                "pipework",
                 *args,
                 "--endpoint",
                 endpoint,

@@ -33,11 +33,11 @@ import psutil
 import pytest
 import zmq
 import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
 from pipework.service.cli import keys
 from pipework.service.daemon.registry import load_tasks
 from pipework.service.remote_worker import BACKOFF_MAX, RemoteWorker, RemoteWorkerError
-from zmq.auth.thread import ThreadAuthenticator
-
 from tests.conftest import descendants, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,7 +45,7 @@ TASKS = "tests.remote_tasks"
 WAIT = 15.0  # bound on any one expected message
 EXIT_WAIT = 15.0  # bound on a worker's exit once told to go
 ORPHAN_GRACE = 2.0  # the no-orphans contract: local processes gone this soon
-WORKER = [sys.executable, "-m", "pipework.service.cli.parsing", "worker"]
+WORKER = [sys.executable, "-m", "pipework", "worker"]
 
 
 # -- the worker process ----------------------------------------------------------------
@@ -59,7 +59,7 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 class Worker:
-    """A ``python -m pipework.service.cli.parsing worker`` process and every descendant it ever had."""
+    """A ``python -m pipework worker`` process and every descendant it ever had."""
 
     def __init__(self, argv: list[str], log: Path) -> None:
         self.argv = argv

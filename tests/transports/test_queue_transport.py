@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from pipework.service import TaskFuture, WorkerLost, WorkerService
 from pipework.service.transports import get_transport
 from pipework.service.transports.queue import QueueTransport, _internals, _Queue
-
 from tests import tasks
 from tests import tasks_faults as faults
 from tests.conftest import wait_for, wait_gone

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from pipework.service import SerializationError, TaskTimeout, WorkerLost, WorkerService, pickling
 from pipework.service.transports import shm
-
 from tests import tasks, tasks_shm
 from tests import tasks_faults as faults
 from tests.conftest import wait_for

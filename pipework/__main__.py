@@ -1,0 +1,5 @@
+"""``python -m pipework``: the ``pipework`` command line."""
+
+from pipework.service.cli.parsing import main
+
+raise SystemExit(main())
