@@ -1,7 +1,7 @@
 """pipework's machinery: ``WorkerService`` and the errors it raises.
 
 ```python
-from pipework.service import WorkerService
+from pipework import WorkerService   # the same object as pipework.service.WorkerService
 
 with WorkerService(max_workers=4) as pool:
     future = pool.submit(fn, 1, 2)
@@ -9,6 +9,33 @@ with WorkerService(max_workers=4) as pool:
         ...
     pool.options(timeout=2.0, retries=1).submit(fn, 3)
 ```
+
+Where things live (``pipework.service`` is the folder ``service/``)::
+
+    executor.py      WorkerService: submit, map, options, shutdown
+    futures.py       TaskFuture, the slim Future that can cancel a running task
+    ledger.py        task states and the bound on outstanding tasks
+    dispatcher.py    the thread that feeds workers and watches them
+    supervisor.py    starting, tracking and killing worker processes
+    worker.py        the worker process's main loop (all that runs in a worker)
+    collector.py     outcomes -> resolved futures and callbacks
+    pickling.py      calls and results, protocol 5, out-of-band buffers
+    errors.py        the PipeworkError tree
+    logs.py          structlog set-up
+    transports/      how frames travel: base (the contract), pipe, queue, zmq,
+                     frames (the frame kinds), shm (large payloads)
+    daemon/          ``pipework serve``: server (loop, requests, scheduling),
+                     journal, outcomes, replies, registry (@task), config,
+                     security (CURVE), sessions (remote workers), example_tasks
+    remote_worker.py ``pipework worker``: a local pool serving a daemon
+    ops/             metrics, notify (systemd), status (snapshot + server),
+                     status_page (the HTML)
+    cli/             parsing (``pipework ...``), commands (the client
+                     commands), overview, keys, demo_pool, demo_daemon
+
+The pool core (the modules at the top, but remote_worker.py) imports nothing
+from ``daemon/``, ``ops/`` or ``cli/``; a worker process imports only ``worker``,
+``pickling``, ``transports`` and ``errors``.
 """
 
 from __future__ import annotations

@@ -135,13 +135,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 _BENCH_MODULES = {"ipc": "ipc", "pool": "pool", "daemon": "queues"}
-"""``pipework bench KIND`` runs ``benchmarks.<module>.run(quick=, docs=, json_path=)``."""
+"""``pipework bench KIND`` runs ``pipework.benchmarks.<module>.run(quick=, docs=, json_path=)``."""
 
 
 def _bench(args: argparse.Namespace) -> int:
     try:
         # Measuring code, and the peers it imports, load only for `bench`.
-        module = importlib.import_module(f"benchmarks.{_BENCH_MODULES[args.kind]}")
+        module = importlib.import_module(f"pipework.benchmarks.{_BENCH_MODULES[args.kind]}")
     except ImportError as exc:
         sys.stderr.write(f"pipework bench: the benchmarks package is not installed ({exc})\n")
         return 2

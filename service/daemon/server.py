@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from pipework import __version__
 from pipework.protocol.codec import decode_request, error_reply
 from pipework.protocol.errors import ErrorCode, ProtocolError
 from pipework.protocol.messages import (
@@ -98,7 +99,6 @@ __all__ = ["Daemon", "DaemonError", "serve"]
 
 _log = get_logger("pipework.daemon")
 
-_VERSION = "0.1.0"
 # Requests read per pass. A pass commits once and starts tasks once, so a
 # smaller batch starts tasks sooner during a submit flood (benchmarks.daemon:
 # at 1024 a flood starved execution); 256 still fills a group commit.
@@ -824,7 +824,7 @@ class Daemon:
         assert self._journal is not None
         counts = self._journal.counts()
         return {
-            "version": _VERSION,
+            "version": __version__,
             "uptime": round(time.monotonic() - self._started, 3),
             "draining": self._draining,
             "journal": self.settings.journal,
@@ -1136,7 +1136,7 @@ class Daemon:
         if s.status_port is not None:
             from pipework.service.ops.status import StatusBoard, StatusServer  # noqa: PLC0415
 
-            self._status = StatusBoard(_VERSION, journal=s.journal)
+            self._status = StatusBoard(__version__, journal=s.journal)
             self._observe()
             try:
                 self._http.append(StatusServer(self._status, s.status_host, s.status_port))

@@ -185,4 +185,4 @@ def test_help_lists_status_overview() -> None:
     ran = _cli("ipc:///nonexistent/pw.sock", "status", "--help")
     assert ran.returncode == 0
     assert "--watch" in ran.stdout
-    assert Path(REPO / "service" / "overview.py").exists()
+    assert Path(REPO / "service" / "cli" / "overview.py").exists()

@@ -45,8 +45,8 @@ NOT_SETTINGS = {
     "not_found": "protocol/errors.py",
     "timed_out": "protocol/messages.py",
     "task_id": "protocol/messages.py",
-    "worker_pid": "service/remotes.py",
-    "client_key": "service/security.py",
+    "worker_pid": "service/daemon/sessions.py",
+    "client_key": "service/daemon/security.py",
 }
 """snake_case words the page quotes that are not settings, with a file that uses each."""
 LEVELS = {"debug", "info", "warning", "error", "exception"}
@@ -209,7 +209,7 @@ def test_words_that_are_not_settings_are_real_and_quoted() -> None:
     for word, path in NOT_SETTINGS.items():
         assert word in (ROOT / path).read_text(encoding="utf-8"), (word, path)
         assert word in spans, f"{word} is no longer quoted: drop it from NOT_SETTINGS"
-    cli = (ROOT / "service" / "cli.py").read_text(encoding="utf-8")
+    cli = (ROOT / "service" / "cli" / "parsing.py").read_text(encoding="utf-8")
     for name in CLIENT_ENV:
         assert f'os.environ.get("{name}")' in cli, name
 
