@@ -9,7 +9,19 @@ PipeworkError
   ServiceClosed       also RuntimeError, as concurrent.futures does
   SerializationError  type_name, what ("argument" or "result"), reason
   BrokenService       also concurrent.futures.BrokenExecutor; reason, traceback
+  TransportClosed, TransportBroken   a channel to a worker (transports.base)
+  TaskRegistryError   a task module or @task misused (daemon.registry)
+  ConfigError         the daemon's settings (daemon.config)
+  JournalError        the journal cannot be used (daemon.journal)
+  SecurityError       CURVE keys and allow-lists (daemon.security)
+  DaemonError         the daemon cannot start (daemon.server)
+  KeyFileError        a key file (cli.keys)
+  RemoteWorkerError   ``pipework worker`` cannot serve (remote_worker)
 ```
+
+The first seven are defined here; the rest live beside the code that raises
+them. The wire's errors (``pipework.protocol.ProtocolError`` and its codes) are
+the client's tree: ``protocol`` never imports ``service``.
 
 Every error carries its context on attributes and builds its message from
 them. Each one survives ``pickle.loads(pickle.dumps(err))`` with its

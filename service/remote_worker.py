@@ -109,7 +109,7 @@ _HANDSHAKE_FAILED = (
 )
 
 
-class RemoteWorkerError(Exception):
+class RemoteWorkerError(PipeworkError):
     """The remote worker cannot start: a bad endpoint, key file, slot count or task module."""
 
 

@@ -63,3 +63,27 @@ def test_facade_names_are_the_modules_own() -> None:
     for name in pipework.__all__:
         home = protocol if name in protocol.__all__ else service
         assert getattr(pipework, name) is getattr(home, name), name
+
+
+# Not errors a user catches: the text of a task's traceback, carried as __cause__.
+_NOT_RAISED = {"RemoteTraceback"}
+
+
+def test_every_service_exception_derives_from_pipework_error() -> None:
+    """One ``except PipeworkError`` catches whatever pipework itself raises."""
+    import pkgutil  # noqa: PLC0415
+
+    strays = []
+    for info in pkgutil.walk_packages(service.__path__, "pipework.service."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__ == module.__name__
+                and not name.startswith("_")
+                and name not in _NOT_RAISED
+                and not issubclass(value, service.PipeworkError)
+            ):
+                strays.append(f"{module.__name__}.{name}")
+    assert not strays

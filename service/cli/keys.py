@@ -23,6 +23,8 @@ from pathlib import Path
 
 import zmq.auth
 
+from pipework.service.errors import PipeworkError
+
 __all__ = ["KeyFileError", "generate", "load_keypair", "load_public_key"]
 
 _PUBLIC_MODE = 0o644
@@ -30,7 +32,7 @@ _SECRET_MODE = 0o600
 _DIR_MODE = 0o700
 
 
-class KeyFileError(Exception):
+class KeyFileError(PipeworkError):
     """A key file is missing, unreadable, not a key, or readable by others."""
 
 

@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from pipework.protocol.endpoint import default_endpoint
+from pipework.service.errors import PipeworkError
 
 __all__ = ["ConfigError", "DaemonSettings", "default_journal_path", "load_settings"]
 
@@ -32,7 +33,7 @@ def default_journal_path() -> Path:
     return Path(base) / "pipework" / "journal.sqlite3"
 
 
-class ConfigError(Exception):
+class ConfigError(PipeworkError):
     """The settings are invalid or the config file cannot be read; the message says which."""
 
 

@@ -24,6 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
+from pipework.service.errors import PipeworkError
+
 __all__ = ["TaskRegistryError", "load_tasks", "task"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,7 +34,7 @@ _MARK = "__pipework_task__"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
 
 
-class TaskRegistryError(Exception):
+class TaskRegistryError(PipeworkError):
     """A task module cannot be loaded, or registers a bad or duplicate name."""
 
 

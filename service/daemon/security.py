@@ -25,6 +25,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from pipework.service.errors import PipeworkError
 from pipework.service.logs import get_logger
 
 __all__ = ["CLIENTS", "WORKERS", "AllowList", "CurveServer", "SecurityError", "needs_curve"]
@@ -41,7 +42,7 @@ _REFUSALS: dict[int, str] = {
 }
 
 
-class SecurityError(Exception):
+class SecurityError(PipeworkError):
     """The CURVE settings are missing or unusable; the message says which."""
 
 

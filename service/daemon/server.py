@@ -87,6 +87,7 @@ from pipework.service.daemon.security import (
     needs_curve,
 )
 from pipework.service.daemon.sessions import RemoteEvent, RemoteWorkers
+from pipework.service.errors import PipeworkError
 from pipework.service.executor import TaskOptions, WorkerService
 from pipework.service.logs import get_logger
 from pipework.service.ops.notify import Notifier
@@ -123,7 +124,7 @@ _Frames = list[bytes]
 _REVOKED = "\0revoked"  # the user of a CURVE peer whose key left the allow-list
 
 
-class DaemonError(Exception):
+class DaemonError(PipeworkError):
     """The daemon cannot start: the message says why (endpoint taken, journal locked...)."""
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from pipework.service.errors import PipeworkError
 from pipework.service.transports.frames import Frame, Kind
 
 __all__ = [
@@ -32,11 +33,11 @@ __all__ = [
 ]
 
 
-class TransportClosed(Exception):
+class TransportClosed(PipeworkError):
     """The channel was closed by this side; using it is a bug."""
 
 
-class TransportBroken(Exception):
+class TransportBroken(PipeworkError):
     """The peer went away (end of file, broken pipe) or sent a malformed frame."""
 
 
