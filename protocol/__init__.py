@@ -37,7 +37,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pipework.protocol.codec import decode_reply, decode_request, encode, error_reply
+from pipework.protocol.codec import (
+    MAX_MESSAGE_BYTES,
+    decode_reply,
+    decode_request,
+    encode,
+    error_reply,
+)
 from pipework.protocol.endpoint import default_endpoint, runtime_dir
 from pipework.protocol.errors import ErrorCode, ProtocolError, TaskFailed, Unavailable
 from pipework.protocol.messages import (
@@ -98,6 +104,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_ERROR_TEXT",
+    "MAX_MESSAGE_BYTES",
     "OPERATIONS",
     "PROTOCOL_VERSION",
     "RESULT_OVERHEAD",

@@ -38,7 +38,17 @@ from pipework.protocol.messages import (
     _message_tag,
 )
 
-__all__ = ["decode_reply", "decode_request", "encode", "error_reply", "invalid_error"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "decode_reply",
+    "decode_request",
+    "encode",
+    "error_reply",
+    "invalid_error",
+]
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""The default bound on one message body (1 MiB): the daemon's ``max_message_bytes``."""
 
 _MAX_ID = 64
 # detail.errors stays small whatever the body: at most this many entries,

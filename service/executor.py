@@ -29,7 +29,7 @@ import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any, Literal, TypeVar, final
+from typing import Any, TypeVar, final
 
 from pipework.service import pickling
 from pipework.service.collector import Collector
@@ -38,7 +38,7 @@ from pipework.service.errors import BrokenService, PipeworkError, SerializationE
 from pipework.service.futures import TaskFuture
 from pipework.service.ledger import Ledger, Task
 from pipework.service.supervisor import StartMethod, Supervisor, default_start_method
-from pipework.service.transports import Transport, get_transport
+from pipework.service.transports import Transport, TransportName, get_transport
 from pipework.service.worker import call_chunk, map_chunk, type_name
 
 __all__ = [
@@ -51,8 +51,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-TransportName = Literal["pipe", "queue", "zmq", "zmq+tcp"]
 
 AUTO_CHUNK_SECONDS = 0.05
 """``map`` with the automatic chunksize keeps a chunk's submit-to-result time near this."""

@@ -60,6 +60,7 @@ from typing import Any, cast
 import zmq
 import zmq.utils.monitor
 
+from pipework.protocol.codec import MAX_MESSAGE_BYTES
 from pipework.protocol.errors import ProtocolError
 from pipework.protocol.workers import (
     MAX_ERROR_TEXT,
@@ -81,8 +82,9 @@ from pipework.service.cli.keys import KeyFileError, load_keypair, load_public_ke
 from pipework.service.daemon.outcomes import Outcome, outcome_of
 from pipework.service.daemon.registry import TaskRegistryError, load_tasks
 from pipework.service.errors import PipeworkError
-from pipework.service.executor import TransportName, WorkerService
+from pipework.service.executor import WorkerService
 from pipework.service.logs import get_logger
+from pipework.service.transports import TransportName
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "RemoteWorker", "RemoteWorkerError"]
 
@@ -95,8 +97,6 @@ BACKOFF_MAX = 5.0
 SHUTDOWN_BOUND = 10.0
 """Seconds the local pool gets to stop at exit; past it the process exits anyway
 (the pool's workers die with it)."""
-MAX_MESSAGE_BYTES = 1 << 20
-"""Default result JSON limit, as the daemon's ``max_message_bytes``."""
 
 _BYE_LINGER_MS = 1000  # how long close() may spend getting bye out
 _BATCH = 256  # messages read per pass

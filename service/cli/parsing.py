@@ -26,6 +26,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipework.protocol.codec import MAX_MESSAGE_BYTES
+from pipework.service.transports import NAMES
+
 __all__ = ["build_parser", "main"]
 
 
@@ -192,7 +195,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--endpoint", help="ipc://PATH or tcp://HOST:PORT to bind")
     p.add_argument("--tasks", metavar="MODULE", help="module whose @task functions may run")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
-    p.add_argument("--transport", choices=["pipe", "queue", "zmq"], help="to local workers")
+    p.add_argument("--transport", choices=NAMES, help="to local workers")
     j = p.add_mutually_exclusive_group()
     j.add_argument("--journal", dest="journal_path", metavar="PATH", help="journal file")
     j.add_argument(
@@ -355,11 +358,11 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="S",
         help="exit 0 after S seconds without a session (default: retry for ever)",
     )
-    p.add_argument("--transport", choices=["pipe", "queue", "zmq"], default="pipe")
+    p.add_argument("--transport", choices=NAMES, default="pipe")
     p.add_argument(
         "--max-message-bytes",
         type=int,
-        default=1 << 20,
+        default=MAX_MESSAGE_BYTES,
         metavar="N",
         help="largest result JSON sent, as the daemon's setting (1 MiB)",
     )

@@ -19,8 +19,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipework.protocol.codec import MAX_MESSAGE_BYTES
 from pipework.protocol.endpoint import default_endpoint
 from pipework.service.errors import PipeworkError
+from pipework.service.transports import TransportName
 
 __all__ = ["ConfigError", "DaemonSettings", "default_journal_path", "load_settings"]
 
@@ -56,7 +58,7 @@ class DaemonSettings(BaseSettings):
         le=1024,
         description="local worker processes (0: remote workers only)",
     )
-    transport: Literal["pipe", "queue", "zmq"] = Field(
+    transport: TransportName = Field(
         default="pipe", description="how the daemon talks to its local workers"
     )
     journal: bool = Field(
@@ -73,7 +75,7 @@ class DaemonSettings(BaseSettings):
     )
     result_ttl: float = Field(default=86_400.0, gt=0, description="seconds finished tasks are kept")
     max_message_bytes: int = Field(
-        default=1 << 20, ge=1024, le=1 << 30, description="largest request body accepted"
+        default=MAX_MESSAGE_BYTES, ge=1024, le=1 << 30, description="largest request body accepted"
     )
     max_queued: int = Field(default=1_000_000, ge=1, description="unfinished tasks held at most")
     workers_endpoint: str | None = Field(

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from pipework import __version__
-from pipework.protocol.codec import decode_request, error_reply
+from pipework.protocol.codec import MAX_MESSAGE_BYTES, decode_request, error_reply
 from pipework.protocol.errors import ErrorCode, ProtocolError
 from pipework.protocol.messages import (
     CancelRequest,
@@ -365,7 +365,7 @@ class Daemon:
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         limit = self.settings.max_message_bytes
-        sock.setsockopt(zmq.MAXMSGSIZE, max(_HARD_CAP_FACTOR * limit, 1 << 20))
+        sock.setsockopt(zmq.MAXMSGSIZE, max(_HARD_CAP_FACTOR * limit, MAX_MESSAGE_BYTES))
         if self._curve is not None and needs_curve(endpoint):
             self._monitors.append(self._curve.secure(sock, domain))
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from pipework.service.transports.base import (
     ParentChannel,
     Transport,
@@ -11,12 +13,19 @@ from pipework.service.transports.base import (
     WorkerEndpoint,
 )
 
+TransportName = Literal["pipe", "queue", "zmq", "zmq+tcp"]
+"""A transport by name: ``zmq`` is ZeroMQ over ``ipc://``, ``zmq+tcp`` over loopback TCP."""
+
+NAMES: tuple[TransportName, ...] = get_args(TransportName)
+"""The transports ``WorkerService(transport=...)`` accepts by name."""
+
 __all__ = [
     "NAMES",
     "ParentChannel",
     "Transport",
     "TransportBroken",
     "TransportClosed",
+    "TransportName",
     "WorkerChannel",
     "WorkerEndpoint",
     "get_transport",
@@ -47,7 +56,3 @@ def get_transport(spec: str | Transport) -> Transport:
 
         return ZmqTransport("tcp" if spec == "zmq+tcp" else "ipc")
     raise ValueError(f"unknown transport {spec!r}; expected one of {', '.join(NAMES)}")
-
-
-NAMES = ("pipe", "queue", "zmq", "zmq+tcp")
-"""The transports ``WorkerService(transport=...)`` accepts by name."""
