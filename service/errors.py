@@ -15,7 +15,6 @@ PipeworkError
   JournalError        the journal cannot be used (daemon.journal)
   SecurityError       CURVE keys and allow-lists (daemon.security)
   DaemonError         the daemon cannot start (daemon.server)
-  KeyFileError        a key file (cli.keys)
   RemoteWorkerError   ``pipework worker`` cannot serve (remote_worker)
 ```
 

@@ -61,6 +61,7 @@ import zmq
 import zmq.utils.monitor
 
 from pipework.protocol.codec import MAX_MESSAGE_BYTES
+from pipework.protocol.curve import KeyFileError, load_keypair, load_public_key
 from pipework.protocol.errors import ProtocolError
 from pipework.protocol.workers import (
     MAX_ERROR_TEXT,
@@ -78,7 +79,6 @@ from pipework.protocol.workers import (
     decode_worker_message,
     encode,
 )
-from pipework.service.cli.keys import KeyFileError, load_keypair, load_public_key
 from pipework.service.daemon.outcomes import Outcome, outcome_of
 from pipework.service.daemon.registry import TaskRegistryError, load_tasks
 from pipework.service.errors import PipeworkError

@@ -4,7 +4,8 @@ Each party (the daemon, every client, every remote worker) has a key pair in
 ``zmq.auth`` format: ``NAME.key`` holds the public key (mode 0644; copy it to
 whoever must accept or reach this party) and ``NAME.key_secret`` the secret
 one as well (mode 0600; it never leaves its host). The daemon accepts the
-public key files found in its allow-list directory.
+public key files found in its allow-list directory. Everyone reads them with
+``pipework.protocol.curve.load_keypair`` / ``load_public_key``.
 
 The files are written in a private temporary directory and linked into
 place, so the secret is never readable by others, not even for a moment,
@@ -17,23 +18,16 @@ import contextlib
 import errno
 import os
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 
 import zmq.auth
 
-from pipework.service.errors import PipeworkError
-
-__all__ = ["KeyFileError", "generate", "load_keypair", "load_public_key"]
+__all__ = ["generate"]
 
 _PUBLIC_MODE = 0o644
 _SECRET_MODE = 0o600
 _DIR_MODE = 0o700
-
-
-class KeyFileError(PipeworkError):
-    """A key file is missing, unreadable, not a key, or readable by others."""
 
 
 def generate(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
@@ -80,50 +74,6 @@ def generate(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
             raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return public, secret
-
-
-def load_keypair(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
-    """Read ``(public, secret)`` from a ``.key_secret`` file that only its owner can read.
-
-    Raises:
-        KeyFileError: the file is missing, not a secret key file, or
-            readable by group or others (``chmod 600`` it).
-    """
-    file = Path(path)
-    public, secret = _load(file)
-    if secret is None:
-        raise KeyFileError(
-            f"{file} holds no secret key; pass the NAME.key_secret file written by "
-            "`pipework keys generate`"
-        )
-    mode = stat.S_IMODE(file.stat().st_mode)
-    if mode & 0o077:
-        raise KeyFileError(
-            f"secret key file {file} is readable by others (mode {mode:04o}); run: chmod 600 {file}"
-        )
-    return public, secret
-
-
-def load_public_key(path: str | os.PathLike[str]) -> bytes:
-    """Read the public key from a ``.key`` (or ``.key_secret``) file.
-
-    Raises:
-        KeyFileError: the file is missing or holds no public key.
-    """
-    public, _ = _load(Path(path))
-    return public
-
-
-def _load(file: Path) -> tuple[bytes, bytes | None]:
-    try:
-        public, secret = zmq.auth.load_certificate(file)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {file}: {exc.strerror or exc}") from exc
-    except ValueError as exc:  # zmq.auth: no public key in the file
-        raise KeyFileError(f"{file} is not a zmq.auth key file: {exc}") from exc
-    if len(public) != 40 or (secret is not None and len(secret) != 40):
-        raise KeyFileError(f"{file} does not hold Z85 CURVE keys (40 characters each)")
     return public, secret
 
 

@@ -25,6 +25,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from pipework.protocol.curve import KeyFileError, load_keypair
 from pipework.service.errors import PipeworkError
 from pipework.service.logs import get_logger
 
@@ -122,15 +123,10 @@ class CurveServer:
         allow_dir: Path,
         worker_dir: Path | None = None,
     ) -> None:
-        if not secret_key.is_file():
-            raise SecurityError(f"curve_secret_key {secret_key} does not exist")
-        if secret_key.stat().st_mode & 0o077:
-            raise SecurityError(
-                f"curve_secret_key {secret_key} is readable by others; chmod 600 it"
-            )
-        public, secret = zmq.auth.load_certificate(secret_key)
-        if secret is None:
-            raise SecurityError(f"{secret_key} holds no secret key (use NAME.key_secret)")
+        try:
+            public, secret = load_keypair(secret_key)
+        except KeyFileError as exc:
+            raise SecurityError(f"curve_secret_key: {exc}") from exc
         self.public_key = public
         self._secret = secret
         self.allow = AllowList(allow_dir)

@@ -12,6 +12,7 @@ import pytest
 import zmq
 import zmq.auth
 
+from pipework.protocol import curve
 from pipework.service.cli import keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,8 +34,8 @@ def test_generate_writes_a_pair_with_private_permissions(tmp_path: Path) -> None
     assert sec is not None
     assert zmq.auth.load_certificate(public) == (pub, None)
     assert zmq.curve_public(sec) == pub
-    assert keys.load_keypair(secret) == (pub, sec)
-    assert keys.load_public_key(public) == pub
+    assert curve.load_keypair(secret) == (pub, sec)
+    assert curve.load_public_key(public) == pub
 
 
 def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:
@@ -56,7 +57,7 @@ def test_it_never_overwrites(tmp_path: Path, existing: str) -> None:
 def test_two_pairs_differ(tmp_path: Path) -> None:
     a, _ = keys.generate(tmp_path, "a")
     b, _ = keys.generate(tmp_path, "b")
-    assert keys.load_public_key(a) != keys.load_public_key(b)
+    assert curve.load_public_key(a) != curve.load_public_key(b)
 
 
 @pytest.mark.parametrize("name", ["", ".hidden", "a/b", "../up", "sp ace", "é", "x" * 201])
@@ -68,17 +69,17 @@ def test_names_must_be_plain(tmp_path: Path, name: str) -> None:
 
 def test_load_keypair_refuses_what_it_should(tmp_path: Path) -> None:
     public, secret = keys.generate(tmp_path, "k")
-    with pytest.raises(keys.KeyFileError, match="no secret key"):
-        keys.load_keypair(public)
+    with pytest.raises(curve.KeyFileError, match="no secret key"):
+        curve.load_keypair(public)
     secret.chmod(0o640)
-    with pytest.raises(keys.KeyFileError, match="chmod 600"):
-        keys.load_keypair(secret)
-    with pytest.raises(keys.KeyFileError, match="cannot read"):
-        keys.load_keypair(tmp_path / "missing.key_secret")
+    with pytest.raises(curve.KeyFileError, match="chmod 600"):
+        curve.load_keypair(secret)
+    with pytest.raises(curve.KeyFileError, match="cannot be read"):
+        curve.load_keypair(tmp_path / "missing.key_secret")
     junk = tmp_path / "junk.key"
     junk.write_text("not a key\n")
-    with pytest.raises(keys.KeyFileError, match=r"not a zmq\.auth key file"):
-        keys.load_public_key(junk)
+    with pytest.raises(curve.KeyFileError, match=r"not a zmq\.auth key file"):
+        curve.load_public_key(junk)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -111,3 +112,22 @@ def test_the_command(tmp_path: Path) -> None:
     assert "plain file name" in bad.stderr
     assert sorted(os.listdir(folder)) == ["daemon.key", "daemon.key_secret"]
     assert run_cli("generate", str(folder)).returncode == 2  # NAME missing
+
+
+def test_client_and_daemon_refuse_a_bad_key_file_in_the_same_words(tmp_path: Path) -> None:
+    """One loader: a shared secret gets one message from a client and from the daemon."""
+    from pipework.protocol import use_curve  # noqa: PLC0415
+    from pipework.service.daemon.security import CurveServer, SecurityError  # noqa: PLC0415
+
+    public, secret = keys.generate(tmp_path / "k", "me")
+    secret.chmod(0o644)
+    ctx = zmq.Context()
+    try:
+        with ctx.socket(zmq.DEALER) as sock, pytest.raises(curve.KeyFileError) as client:
+            use_curve(sock, secret, public)
+        with pytest.raises(SecurityError) as daemon:
+            CurveServer(ctx, secret, tmp_path / "k")
+    finally:
+        ctx.term()
+    assert str(client.value) in str(daemon.value)
+    assert "chmod 600" in str(client.value)

@@ -36,7 +36,7 @@ def test_a_key_pair_and_the_server_key_make_a_curve_client(sock, tmp_path: Path)
     ("which", "message"),
     [
         ("only-secret", "needs both"),
-        ("missing", "cannot load CURVE keys"),
+        ("missing", "cannot be read"),
         ("public-as-secret", "holds no secret key"),
         ("shared-secret", "readable by others"),
     ],

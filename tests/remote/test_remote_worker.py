@@ -35,6 +35,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from pipework.protocol.curve import load_keypair
 from pipework.service.cli import keys
 from pipework.service.daemon.registry import load_tasks
 from pipework.service.remote_worker import BACKOFF_MAX, RemoteWorker, RemoteWorkerError
@@ -736,7 +737,7 @@ def curve(
     auth = ThreadAuthenticator(ctx)
     auth.start()
     auth.configure_curve(domain="*", location=str(allow))
-    public, secret = keys.load_keypair(pairs["daemon"][1])
+    public, secret = load_keypair(pairs["daemon"][1])
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.curve_server = True
