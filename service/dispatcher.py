@@ -31,7 +31,6 @@ selector, and never blocks on a single worker. Each pass it:
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import selectors
 import signal
@@ -53,6 +52,7 @@ from pipework.service.logs import get_logger
 from pipework.service.supervisor import STOP_GRACE, Supervisor, WorkerHandle, WorkerState, monotonic
 from pipework.service.transports.base import TransportBroken
 from pipework.service.transports.frames import Frame, Kind
+from pipework.service.waker import Waker
 
 __all__ = ["Dispatcher"]
 
@@ -86,41 +86,6 @@ def _self_inflicted(exitcode: int | None) -> bool:
     return exitcode is None or exitcode >= 0 or -exitcode not in _OUTSIDE_KILLS
 
 
-class _Waker:
-    """Wakes the selector from other threads, with at most one write per wake-up."""
-
-    def __init__(self) -> None:
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        self._signalled = False
-
-    def fileno(self) -> int:
-        return self._r
-
-    def wake(self) -> None:
-        if not self._signalled:
-            self._signalled = True
-            try:
-                os.write(self._w, b"\0")
-            except BlockingIOError:  # already full of wake-ups
-                pass
-            except OSError:  # closed: the dispatcher is gone
-                pass
-
-    def drain(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._r, 4096)  # at most one byte is ever queued: one read empties it
-        # Only after the read: a wake() between the two is skipped, but its work
-        # is seen by this pass; cleared first, the read could swallow the byte of
-        # a wake() that left _signalled set, and every later wake() would be lost.
-        self._signalled = False
-
-    def close(self) -> None:
-        os.close(self._r)
-        os.close(self._w)
-
-
 class Dispatcher:
     """Owns the dispatcher thread and every worker."""
 
@@ -131,7 +96,7 @@ class Dispatcher:
         self._ledger = ledger
         self._collector = collector
         self._max_workers = max_workers
-        self._waker = _Waker()
+        self._waker = Waker()
         self._lock = threading.Lock()
         """Held by the dispatcher thread except while it sleeps in select (see the module doc)."""
         self._direct = supervisor.transport.direct_sends

@@ -85,6 +85,7 @@ from pipework.service.errors import PipeworkError
 from pipework.service.executor import WorkerService
 from pipework.service.logs import get_logger
 from pipework.service.transports import TransportName
+from pipework.service.waker import Waker
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "RemoteWorker", "RemoteWorkerError"]
 
@@ -197,7 +198,7 @@ class RemoteWorker:
         self._max_message_bytes = max_message_bytes
         self._host = (socket.gethostname() or "unknown")[:255]
 
-        self._wake_r, self._wake_w = -1, -1  # the wake-up pipe: made by run()
+        self._waker = Waker()
         self._completions: SimpleQueue[tuple[_Held, Future[Any]]] = SimpleQueue()
         self._stop_reason: str | None = None
         self._signalled = False
@@ -230,7 +231,7 @@ class RemoteWorker:
         """
         if self._stop_reason is None:
             self._stop_reason = "stop() called"
-        self._wake()
+        self._waker.wake()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: ``stop()``; a second one exits at once (status 128 + signal).
@@ -252,12 +253,7 @@ class RemoteWorker:
         self._signalled = True
         if self._stop_reason is None:
             self._stop_reason = signal.Signals(signum).name
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._wake_w >= 0:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._wake_w, b"\0")
+        self._waker.wake()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -268,9 +264,6 @@ class RemoteWorker:
             0: stopped (``stop`` message, ``stop()``, SIGTERM/SIGINT) or
             ``exit_after`` passed.
         """
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
         self._ctx = zmq.Context()
         self._pool = WorkerService(
             self._slots,
@@ -279,7 +272,7 @@ class RemoteWorker:
             submit_timeout=0.0,  # the loop never blocks on the pool
             shutdown_timeout=0.0,
         )
-        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._poller.register(self._waker.fileno(), zmq.POLLIN)
         self._no_session_since = time.monotonic()
         _log.info(
             "remote worker starting",
@@ -302,9 +295,8 @@ class RemoteWorker:
                 return 0
             now = time.monotonic()
             events = dict(self._poller.poll(int(self._sleep(now) * 1000)))
-            if self._wake_r in events:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
+            if self._waker.fileno() in events:
+                self._waker.drain()
             self._take_completions()
             if self._monitor is not None and self._monitor in events:
                 self._read_monitor()
@@ -445,11 +437,8 @@ class RemoteWorker:
             self._ctx.term()
             self._ctx = None
         with contextlib.suppress(KeyError):
-            self._poller.unregister(self._wake_r)
-        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            self._poller.unregister(self._waker.fileno())
+        self._waker.close()
 
     # -- messages in ------------------------------------------------------------------
 
@@ -611,7 +600,7 @@ class RemoteWorker:
     def _completed(self, held: _Held, future: Future[Any]) -> None:
         """Dispatcher or collector thread: hand the finished future to the loop."""
         self._completions.put((held, future))
-        self._wake()
+        self._waker.wake()
 
     def _take_completions(self) -> None:
         took = False

@@ -91,6 +91,7 @@ from pipework.service.errors import PipeworkError
 from pipework.service.executor import TaskOptions, WorkerService
 from pipework.service.logs import get_logger
 from pipework.service.ops.notify import Notifier
+from pipework.service.waker import Waker
 
 if TYPE_CHECKING:
     from pipework.service.ops.metrics import Metrics, MetricsServer
@@ -228,16 +229,13 @@ class Daemon:
         self._curve: CurveServer | None = None
         self._monitors: list[zmq.Socket[Any]] = []
         self._local_running = 0
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
+        self._waker = Waker()
         self._completions: SimpleQueue[tuple[str, Future[Any]]] = SimpleQueue()
         self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, task_id)
         self._delayed: list[tuple[float, int, str]] = []  # (not_before, seq, task_id)
         self._queued: set[str] = set()
         self._held: dict[str, TaskRecord] = {}  # records of some queued tasks; see _HELD
         self._options: dict[float | None, TaskOptions] = {}  # pool options by task timeout
-        self._wake_pending = False  # a completion has written to the wake-up pipe
         self._running: dict[str, _Running] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
         self._waiter_heap: list[_Waiter] = []
@@ -382,11 +380,7 @@ class Daemon:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"\0")
+        self._waker.wake()
 
     def notify_stopped(self, how: str | None = None) -> None:
         """Tell systemd (STATUS=) how the daemon stopped; a no-op outside systemd."""
@@ -429,9 +423,7 @@ class Daemon:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._waker.close()
 
     # -- the loop -------------------------------------------------------------------
 
@@ -441,7 +433,7 @@ class Daemon:
         assert self._journal is not None
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._waker.fileno(), zmq.POLLIN)
         remotes = self._remotes
         if remotes is not None:
             poller.register(remotes.sock, zmq.POLLIN)
@@ -456,12 +448,10 @@ class Daemon:
             if ping_in is not None:
                 timeout = ping_in if timeout is None else min(timeout, ping_in)
             events = dict(poller.poll(None if timeout is None else int(timeout * 1000)))
-            if self._wake_r in events:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
+            if self._waker.fileno() in events:
+                self._waker.drain()  # before taking: a later completion wakes us again
             if self._handle_signals():
                 return
-            self._wake_pending = False  # before taking: a later completion wakes us again
             self._refill()  # first: the workers idle while requests are read
             if self._router in events:
                 self._read_requests()
@@ -953,9 +943,7 @@ class Daemon:
     def _completed(self, task_id: str, future: Future[Any]) -> None:
         """Dispatcher or collector thread: hand the outcome to the loop (one wake-up per pass)."""
         self._completions.put((task_id, future))
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._wake()
+        self._waker.wake()
 
     def _take_completions(self) -> None:
         while True:

@@ -19,7 +19,8 @@ from types import SimpleNamespace
 import pytest
 
 from pipework.service import WorkerService
-from pipework.service.dispatcher import Dispatcher, _Waker
+from pipework.service.dispatcher import Dispatcher
+from pipework.service.waker import Waker
 from tests import tasks
 from tests import tasks_faults as faults
 
@@ -96,7 +97,7 @@ def test_waker_never_swallows_a_wake_up(monkeypatch: pytest.MonkeyPatch) -> None
     Whatever the order inside drain(), a wake() after it must make the
     descriptor readable (a lost one stalled `pipework serve` for 1 s a task).
     """
-    waker = _Waker()
+    waker = Waker()
     try:
         waker.wake()
         real_read = os.read

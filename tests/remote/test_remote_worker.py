@@ -805,7 +805,7 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         ({"secret_key": secret}, "both"),
         ({"server_key": public}, "both"),
         ({"secret_key": public, "server_key": public}, "no secret key"),
-        ({"secret_key": tmp_path / "nope", "server_key": public}, "cannot read"),
+        ({"secret_key": tmp_path / "nope", "server_key": public}, "cannot be read"),
         ({"slots": 0}, "slots"),
         ({"slots": 10_001}, "slots"),
         ({"exit_after": 0}, "exit_after"),
