@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipework.protocol.codec import MAX_MESSAGE_BYTES
+from pipework.service.cli.flags import add_settings_flags, settings_given
 from pipework.service.transports import NAMES
 
 __all__ = ["build_parser", "main"]
@@ -35,37 +36,14 @@ __all__ = ["build_parser", "main"]
 def _serve(args: argparse.Namespace) -> int:
     from pipework.service import logs  # noqa: PLC0415 - keep client commands light
     from pipework.service.daemon import server as daemon  # noqa: PLC0415 - keep client commands light
-    from pipework.service.daemon.config import ConfigError, load_settings  # noqa: PLC0415
+    from pipework.service.daemon.config import (  # noqa: PLC0415
+        ConfigError,
+        DaemonSettings,
+        load_settings,
+    )
 
     try:
-        settings = load_settings(
-            args.config,
-            endpoint=args.endpoint,
-            tasks=args.tasks,
-            workers=args.workers,
-            transport=args.transport,
-            journal=args.journal,
-            journal_path=args.journal_path,
-            journal_sync=args.journal_sync,
-            retries=args.retries,
-            task_timeout=args.task_timeout,
-            drain_timeout=args.drain_timeout,
-            result_ttl=args.result_ttl,
-            max_message_bytes=args.max_message_bytes,
-            workers_endpoint=args.workers_endpoint,
-            curve_secret_key=args.curve_secret_key,
-            curve_allow_dir=args.curve_allow_dir,
-            curve_worker_dir=args.curve_worker_dir,
-            heartbeat=args.heartbeat,
-            heartbeat_expiry=args.heartbeat_expiry,
-            log_format=args.log_format,
-            log_level=args.log_level,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
-            status_port=args.status_port,
-            status_host=args.status_host,
-            status_public=args.status_public,
-        )
+        settings = load_settings(args.config, **settings_given(args, DaemonSettings))
     except ConfigError as exc:
         sys.stderr.write(f"pipework serve: {exc}\n")
         return 2
@@ -192,48 +170,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     p.add_argument("--config", metavar="FILE", help="a TOML file of settings")
-    p.add_argument("--endpoint", help="ipc://PATH or tcp://HOST:PORT to bind")
-    p.add_argument("--tasks", metavar="MODULE", help="module whose @task functions may run")
-    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
-    p.add_argument("--transport", choices=NAMES, help="to local workers")
-    j = p.add_mutually_exclusive_group()
-    j.add_argument("--journal", dest="journal_path", metavar="PATH", help="journal file")
-    j.add_argument(
-        "--no-journal",
-        dest="journal",
-        action="store_const",
-        const=False,
-        help="keep tasks in memory only (lost when the daemon stops)",
-    )
-    p.add_argument("--journal-sync", choices=["full", "normal", "off"])
-    p.add_argument("--retries", type=int, help="default re-runs after a worker dies (2)")
-    p.add_argument("--task-timeout", type=float, metavar="S", help="default seconds per run")
-    p.add_argument("--drain-timeout", type=float, metavar="S", help="SIGTERM deadline (30)")
-    p.add_argument("--result-ttl", type=float, metavar="S", help="keep results this long")
-    p.add_argument("--max-message-bytes", type=int, metavar="N", help="request size limit")
-    p.add_argument("--workers-endpoint", help="tcp://HOST:PORT where remote workers connect")
-    p.add_argument("--curve-secret-key", metavar="FILE", help="the daemon's NAME.key_secret")
-    p.add_argument("--curve-allow-dir", metavar="DIR", help="allowed public NAME.key files")
-    p.add_argument(
-        "--curve-worker-dir", metavar="DIR", help="public keys allowed as remote workers"
-    )
-    p.add_argument("--heartbeat", type=float, metavar="S", help="remote heartbeat interval (1)")
-    p.add_argument(
-        "--heartbeat-expiry", type=float, metavar="S", help="remote silence before loss (10)"
-    )
-    p.add_argument("--log-format", choices=["auto", "json", "console"])
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics (off)")
-    p.add_argument("--metrics-host", metavar="ADDR", help="address of the metrics (127.0.0.1)")
-    p.add_argument("--status-port", type=int, metavar="PORT", help="live status page (off)")
-    p.add_argument("--status-host", metavar="ADDR", help="address of the status page (127.0.0.1)")
-    p.add_argument(
-        "--status-public",
-        action="store_const",
-        const=True,
-        help="allow a --status-host that is not loopback: it shows errors and tracebacks",
-    )
-    p.set_defaults(handler=_serve, journal=None)
+    from pipework.service.daemon.config import DaemonSettings  # noqa: PLC0415
+
+    add_settings_flags(p, DaemonSettings, aliases={"journal_path": ["--journal"]})
+    p.set_defaults(handler=_serve)
 
 
 def _add_curve_keys(parser: argparse.ArgumentParser, secret_help: str) -> None:

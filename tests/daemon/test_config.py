@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -75,3 +76,38 @@ def test_env_alone(monkeypatch) -> None:
     s = DaemonSettings()
     assert s.journal is False
     assert s.endpoint == "tcp://127.0.0.1:5999"
+
+
+def test_every_setting_a_command_line_can_spell_has_its_flag() -> None:
+    """The serve flags are made from DaemonSettings: none is missing, none is extra."""
+    from pipework.service.cli.flags import settings_given  # noqa: PLC0415
+    from pipework.service.cli.parsing import build_parser  # noqa: PLC0415
+
+    parser = build_parser()
+    argv = ["serve", "--no-journal", "--status-public", "--max-queued", "5"]
+    argv += ["--transport", "zmq+tcp", "--heartbeat", "2", "--journal", "/x/j.db"]
+    args = parser.parse_args(argv)
+    given = settings_given(args, DaemonSettings)
+    assert given == {
+        "journal": False,
+        "status_public": True,
+        "max_queued": 5,
+        "transport": "zmq+tcp",
+        "heartbeat": 2.0,
+        "journal_path": Path("/x/j.db"),
+    }
+    settings = load_settings(None, **given)
+    assert settings.max_queued == 5
+    assert settings.journal is False
+    assert settings.status_public is True
+    # Nothing given: no flag stands in for a default (the model's layering decides).
+    assert settings_given(parser.parse_args(["serve"]), DaemonSettings) == {}
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve = subcommands.choices["serve"]
+    dests = {a.dest for a in serve._actions} - {"help", "config"}
+    spellable = {
+        name
+        for name, field in DaemonSettings.model_fields.items()
+        if "dict" not in str(field.annotation) and "list" not in str(field.annotation)
+    }
+    assert dests == spellable
