@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import secrets
 import signal
@@ -59,6 +58,7 @@ from typing import Any, cast
 
 import zmq
 import zmq.utils.monitor
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipework.protocol.codec import MAX_MESSAGE_BYTES
 from pipework.protocol.curve import KeyFileError, load_keypair, load_public_key
@@ -79,6 +79,7 @@ from pipework.protocol.workers import (
     decode_worker_message,
     encode,
 )
+from pipework.service.daemon.config import LogFormat, LogLevel, describe_invalid
 from pipework.service.daemon.outcomes import Outcome, outcome_of
 from pipework.service.daemon.registry import TaskRegistryError, load_tasks
 from pipework.service.errors import PipeworkError
@@ -87,7 +88,14 @@ from pipework.service.logs import get_logger
 from pipework.service.transports import TransportName
 from pipework.service.waker import Waker
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "RemoteWorker", "RemoteWorkerError"]
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_MIN",
+    "RemoteWorker",
+    "RemoteWorkerError",
+    "WorkerSettings",
+    "worker_settings",
+]
 
 _log = get_logger("pipework.remote")
 
@@ -124,78 +132,102 @@ class _Held:
     future: Future[Any]
 
 
+class WorkerSettings(BaseModel):
+    """Everything ``pipework worker`` can be told; its flags are made from these fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect: str = Field(description="the daemon's worker endpoint: tcp://HOST:PORT or ipc://PATH")
+    tasks: str = Field(description="the task module (the daemon's --tasks)")
+    slots: int = Field(
+        default_factory=lambda: min(os.cpu_count() or 1, _MAX_SLOTS),
+        ge=1,
+        le=_MAX_SLOTS,
+        description="local worker processes, and the credit offered",
+    )
+    secret_key: Path | None = Field(
+        default=None, description="this worker's CURVE NAME.key_secret ($PIPEWORK_SECRET_KEY)"
+    )
+    server_key: Path | None = Field(
+        default=None, description="the daemon's public NAME.key ($PIPEWORK_SERVER_KEY)"
+    )
+    exit_after: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="exit 0 after this many seconds without a session (default: retry for ever)",
+    )
+    transport: TransportName = Field(default="pipe", description="to the local workers")
+    max_message_bytes: int = Field(
+        default=MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="largest result JSON sent, as the daemon's setting; larger: ResultTooLarge",
+    )
+    log_format: LogFormat = Field(default="auto", description="auto: console on a terminal")
+    log_level: LogLevel = Field(default="info")
+
+    @field_validator("connect")
+    @classmethod
+    def _endpoint(cls, connect: str) -> str:
+        if not connect.startswith(("tcp://", "ipc://")):
+            raise ValueError(
+                f"cannot connect to {connect!r}: expected tcp://HOST:PORT or ipc://PATH"
+            )
+        return connect
+
+    @model_validator(mode="after")
+    def _curve_keys(self) -> WorkerSettings:
+        if (self.secret_key is None) != (self.server_key is None):
+            raise ValueError(
+                "CURVE needs both --secret-key (this worker's NAME.key_secret) and "
+                "--server-key (the daemon's public NAME.key)"
+            )
+        if self.connect.startswith("tcp://") and self.secret_key is None:
+            raise ValueError(
+                f"{self.connect} is tcp://: the daemon accepts only CURVE-authenticated workers "
+                "there; pass --secret-key FILE.key_secret and --server-key DAEMON.key "
+                "(make a pair with `pipework keys generate DIR NAME`)"
+            )
+        return self
+
+
+def worker_settings(**values: Any) -> WorkerSettings:
+    """``WorkerSettings`` from ``values``, or ``RemoteWorkerError`` saying what is wrong."""
+    try:
+        return WorkerSettings(**values)
+    except ValidationError as exc:
+        raise RemoteWorkerError(describe_invalid(exc)) from None
+
+
 class RemoteWorker:
     """A process that runs a daemon's tasks in its own pool of ``slots`` workers.
 
     Args:
-        connect: the daemon's worker endpoint, ``tcp://HOST:PORT`` or ``ipc://PATH``.
-        tasks: the task module (the daemon's ``--tasks``).
-        slots: local worker processes, and the credit offered (default: CPU count).
-        secret_key: this worker's ``NAME.key_secret`` file (CURVE client keys).
-        server_key: the daemon's public key file (``NAME.key``).
-        exit_after: exit (status 0) after this many seconds without a
-            session, instead of trying to reconnect for ever.
-        transport: how the local pool talks to its workers.
-        max_message_bytes: the largest result JSON sent (the daemon's
-            ``max_message_bytes``); a larger result fails as ``ResultTooLarge``.
+        settings: where to connect, the task module, slots, keys and limits
+            (see ``WorkerSettings``; ``worker_settings(**values)`` builds one).
 
     Raises:
-        RemoteWorkerError: ``tcp://`` without keys, only one of the two key
-            files, an unreadable key file, a bad value, or a task module
-            that cannot be loaded.
+        RemoteWorkerError: an unreadable key file or a task module that cannot
+            be loaded.
     """
 
-    def __init__(
-        self,
-        connect: str,
-        *,
-        tasks: str,
-        slots: int | None = None,
-        secret_key: Path | None = None,
-        server_key: Path | None = None,
-        exit_after: float | None = None,
-        transport: TransportName = "pipe",
-        max_message_bytes: int = MAX_MESSAGE_BYTES,
-    ) -> None:
-        if slots is None:
-            slots = min(os.cpu_count() or 1, _MAX_SLOTS)
-        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= _MAX_SLOTS:
-            raise RemoteWorkerError(f"slots must be an integer from 1 to {_MAX_SLOTS}: {slots!r}")
-        if exit_after is not None and not (exit_after > 0 and math.isfinite(exit_after)):
-            raise RemoteWorkerError(
-                f"exit_after must be a positive number of seconds: {exit_after}"
-            )
-        if not connect.startswith(("tcp://", "ipc://")):
-            raise RemoteWorkerError(
-                f"cannot connect to {connect!r}: expected tcp://HOST:PORT or ipc://PATH"
-            )
-        if (secret_key is None) != (server_key is None):
-            raise RemoteWorkerError(
-                "CURVE needs both --secret-key (this worker's NAME.key_secret) and "
-                "--server-key (the daemon's public NAME.key)"
-            )
-        if connect.startswith("tcp://") and secret_key is None:
-            raise RemoteWorkerError(
-                f"{connect} is tcp://: the daemon accepts only CURVE-authenticated workers "
-                "there; pass --secret-key FILE.key_secret and --server-key DAEMON.key "
-                "(make a pair with `pipework keys generate DIR NAME`)"
-            )
+    def __init__(self, settings: WorkerSettings) -> None:
         self._curve: tuple[bytes, bytes, bytes] | None = None
-        if secret_key is not None and server_key is not None:
+        if settings.secret_key is not None and settings.server_key is not None:
             try:
-                public, secret = load_keypair(secret_key)
-                self._curve = (public, secret, load_public_key(server_key))
+                public, secret = load_keypair(settings.secret_key)
+                self._curve = (public, secret, load_public_key(settings.server_key))
             except KeyFileError as exc:
                 raise RemoteWorkerError(str(exc)) from exc
         try:
-            self._tasks: Mapping[str, Callable[..., Any]] = load_tasks(tasks)
+            self._tasks: Mapping[str, Callable[..., Any]] = load_tasks(settings.tasks)
         except TaskRegistryError as exc:
             raise RemoteWorkerError(str(exc)) from exc
-        self._endpoint = connect
-        self._slots = slots
-        self._exit_after = exit_after
-        self._transport: TransportName = transport
-        self._max_message_bytes = max_message_bytes
+        self._endpoint = settings.connect
+        self._slots = settings.slots
+        self._exit_after = settings.exit_after
+        self._transport: TransportName = settings.transport
+        self._max_message_bytes = settings.max_message_bytes
         self._host = (socket.gethostname() or "unknown")[:255]
 
         self._waker = Waker()

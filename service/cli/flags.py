@@ -83,6 +83,8 @@ def add_settings_flags(
         default = _default(field)
         options = [*aliases.get(name, ()), _flag(name)]
         common: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        if field.is_required():
+            common["required"] = True
         if annotation is bool:
             flag = _flag(name) if not default else "--no-" + name.replace("_", "-")
             parser.add_argument(

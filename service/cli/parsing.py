@@ -26,9 +26,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipework.protocol.codec import MAX_MESSAGE_BYTES
 from pipework.service.cli.flags import add_settings_flags, settings_given
-from pipework.service.transports import NAMES
 
 __all__ = ["build_parser", "main"]
 
@@ -254,20 +252,22 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 def _worker(args: argparse.Namespace) -> int:
     from pipework.service import logs  # noqa: PLC0415
-    from pipework.service.remote_worker import RemoteWorker, RemoteWorkerError  # noqa: PLC0415
+    from pipework.service.remote_worker import (  # noqa: PLC0415
+        RemoteWorker,
+        RemoteWorkerError,
+        WorkerSettings,
+        worker_settings,
+    )
 
-    logs.configure(args.log_format, args.log_level)
+    given = settings_given(args, WorkerSettings)
+    for name in ("secret_key", "server_key"):  # as the client commands: flag, else variable
+        variable = os.environ.get(f"PIPEWORK_{name.upper()}")
+        if variable:
+            given.setdefault(name, variable)
     try:
-        worker = RemoteWorker(
-            args.connect,
-            tasks=args.tasks,
-            slots=args.slots,
-            secret_key=None if args.secret_key is None else Path(args.secret_key),
-            server_key=None if args.server_key is None else Path(args.server_key),
-            exit_after=args.exit_after,
-            transport=args.transport,
-            max_message_bytes=args.max_message_bytes,
-        )
+        settings = worker_settings(**given)
+        logs.configure(settings.log_format, settings.log_level)
+        worker = RemoteWorker(settings)
     except RemoteWorkerError as exc:
         sys.stderr.write(f"pipework worker: {exc}\n")
         return 2
@@ -276,6 +276,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from pipework.service.remote_worker import WorkerSettings  # noqa: PLC0415
+
     p = commands.add_parser(
         "worker",
         help="serve a daemon's tasks from this host (a remote worker)",
@@ -286,28 +288,7 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "stop: kill running tasks, say bye, exit 0 (a second signal exits at once)."
         ),
     )
-    p.add_argument("--connect", required=True, metavar="ENDPOINT", help="tcp://HOST:PORT")
-    p.add_argument("--tasks", required=True, metavar="MODULE", help="the daemon's task module")
-    p.add_argument(
-        "--slots", type=int, metavar="N", help="local worker processes (default: one per core)"
-    )
-    _add_curve_keys(p, "this worker's CURVE NAME.key_secret")
-    p.add_argument(
-        "--exit-after",
-        type=float,
-        metavar="S",
-        help="exit 0 after S seconds without a session (default: retry for ever)",
-    )
-    p.add_argument("--transport", choices=NAMES, default="pipe")
-    p.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=MAX_MESSAGE_BYTES,
-        metavar="N",
-        help="largest result JSON sent, as the daemon's setting (1 MiB)",
-    )
-    p.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    add_settings_flags(p, WorkerSettings)
     p.set_defaults(handler=_worker)
 
 

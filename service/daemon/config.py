@@ -24,9 +24,18 @@ from pipework.protocol.endpoint import default_endpoint
 from pipework.service.errors import PipeworkError
 from pipework.service.transports import TransportName
 
-__all__ = ["ConfigError", "DaemonSettings", "default_journal_path", "load_settings"]
+__all__ = [
+    "ConfigError",
+    "DaemonSettings",
+    "LogFormat",
+    "LogLevel",
+    "default_journal_path",
+    "describe_invalid",
+    "load_settings",
+]
 
 LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def default_journal_path() -> Path:
@@ -101,7 +110,7 @@ class DaemonSettings(BaseSettings):
     log_format: LogFormat = Field(
         default="auto", description="auto: console on a terminal, else JSON"
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    log_level: LogLevel = Field(default="info")
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve Prometheus metrics on this port; None: off"
     )
@@ -154,6 +163,15 @@ class DaemonSettings(BaseSettings):
         return tuple(sources)
 
 
+def describe_invalid(exc: ValidationError) -> str:
+    """One line naming each invalid setting and why: ``invalid settings: workers: ...``."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+        for err in exc.errors()
+    )
+    return f"invalid settings: {problems}"
+
+
 def load_settings(
     config_file: str | os.PathLike[str] | None = None, **flags: Any
 ) -> DaemonSettings:
@@ -184,10 +202,6 @@ def load_settings(
     try:
         return cls(**given)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        raise ConfigError(describe_invalid(exc)) from None
     except ValueError as exc:  # tomllib.TOMLDecodeError
         raise ConfigError(f"cannot read config file {str(config_file)!r}: {exc}") from None

@@ -38,7 +38,12 @@ from zmq.auth.thread import ThreadAuthenticator
 from pipework.protocol.curve import load_keypair
 from pipework.service.cli import keys
 from pipework.service.daemon.registry import load_tasks
-from pipework.service.remote_worker import BACKOFF_MAX, RemoteWorker, RemoteWorkerError
+from pipework.service.remote_worker import (
+    BACKOFF_MAX,
+    RemoteWorker,
+    RemoteWorkerError,
+    worker_settings,
+)
 from tests.conftest import descendants, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
@@ -815,13 +820,17 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
     for changes, message in bad:
         kwargs: dict[str, Any] = {"connect": "ipc:///nonexistent/w.sock", "tasks": TASKS, **changes}
         with pytest.raises(RemoteWorkerError, match=message):
-            RemoteWorker(kwargs.pop("connect"), **kwargs)
-    RemoteWorker("tcp://127.0.0.1:9", tasks=TASKS, secret_key=secret, server_key=public)
+            RemoteWorker(worker_settings(**kwargs))
+    RemoteWorker(
+        worker_settings(
+            connect="tcp://127.0.0.1:9", tasks=TASKS, secret_key=secret, server_key=public
+        )
+    )
 
 
 def test_the_python_api_serves_until_stop_is_called(fake: FakeDaemon) -> None:
     before = {p.pid for p in descendants()}
-    worker = RemoteWorker(fake.endpoint, tasks=TASKS, slots=1)
+    worker = RemoteWorker(worker_settings(connect=fake.endpoint, tasks=TASKS, slots=1))
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
     thread.start()
