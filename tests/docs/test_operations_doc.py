@@ -44,6 +44,7 @@ NOT_SETTINGS = {
     "worker_lost": "protocol/workers.py",
     "not_found": "protocol/errors.py",
     "timed_out": "protocol/messages.py",
+    "unsupported_version": "protocol/errors.py",
     "task_id": "protocol/messages.py",
     "worker_pid": "service/daemon/sessions.py",
     "client_key": "service/daemon/security.py",
