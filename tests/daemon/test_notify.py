@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from pipework.service.ops import notify as sd
-from tests.daemon.conftest import READY_TIMEOUT, DaemonFactory, wait_until
+from tests.support.daemons import READY_TIMEOUT, DaemonFactory
+from tests.support.waiting import wait_until
 
 WATCHDOG_USEC = 400_000  # pings every 0.2 s
 _UCRED = struct.Struct("3i")  # pid, uid, gid

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.daemon.conftest import ERROR_CODES, Conn, Daemon, DaemonFactory, next_id
+from tests.support.daemons import ERROR_CODES, Conn, Daemon, DaemonFactory, next_id
 
 MAX = 4096
 OK = "ok"  # an expected outcome: an ok reply

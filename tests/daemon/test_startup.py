@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.conftest import REPO, TASKS_MODULE, DaemonFactory, clean_env
+from tests.support.daemons import TASKS_MODULE, DaemonFactory
+from tests.support.processes import REPO, clean_env
 
 START_TIMEOUT = 30.0
 

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from pipework.service.cli.overview import render
-from tests.daemon.conftest import REPO, Daemon, DaemonFactory, clean_env, wait_until
+from tests.support.daemons import Daemon, DaemonFactory
+from tests.support.processes import REPO, clean_env
+from tests.support.waiting import wait_until
 
 MESSAGE = "<b>not bold</b>\nsecond line"
 

@@ -33,7 +33,7 @@ import pytest
 from pipework.service.cli.parsing import build_parser
 from pipework.service.daemon.config import DaemonSettings, load_settings
 from pipework.service.daemon.server import _WORKERS_UP_TIMEOUT
-from tests.daemon.conftest import DaemonFactory
+from tests.support.daemons import DaemonFactory
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -14,7 +14,7 @@ import pytest
 
 from pipework.service import BrokenService, SerializationError, WorkerService
 from tests import tasks, tasks_more
-from tests.conftest import descendants, wait_gone
+from tests.support.processes import descendants, wait_gone
 
 MakePool = Callable[..., WorkerService]
 

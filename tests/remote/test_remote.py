@@ -25,8 +25,10 @@ import psutil
 import pytest
 
 from pipework.service.cli.keys import generate
-from tests.daemon.conftest import REPO, TASKS_MODULE, DaemonFactory, clean_env, wait_until
 from tests.daemon.netns import Host, host_pair, require_netns
+from tests.support.daemons import TASKS_MODULE, DaemonFactory
+from tests.support.processes import REPO, clean_env, wait_gone
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,23 +120,12 @@ class Workers:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-            end = time.monotonic() + 3
-            alive = {p for p in family if psutil.pid_exists(p)}
-            while alive and time.monotonic() < end:
-                time.sleep(0.05)
-                alive = {p for p in alive if _alive(p)}
-            for pid in alive:
+            left = wait_gone(family, 3.0)
+            for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            survivors += sorted(alive)
+            survivors += sorted(left)
         return survivors
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture
