@@ -58,7 +58,8 @@ def test_cancel_running_task_wakes_waiters(
 
     def cancel_once_running() -> None:
         faults.wait_for_pids(pid_file)
-        time.sleep(0.05)  # let the waiter below block first
+        # Let the waiter below block first: cf.wait and as_completed register a waiter.
+        poll_until(lambda: bool(future._waiters), RESULT_TIMEOUT)
         future.cancel()
 
     canceller = threading.Thread(target=cancel_once_running)

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ pytestmark = pytest.mark.timeout(120)
 HEARTBEAT = 0.5
 EXPIRY = 3.0
 PORT = 7411
+LOST_DAEMON = "nothing heard from the daemon within expiry"  # the remote worker's log line
 
 
 @pytest.fixture
@@ -94,6 +94,10 @@ class Workers:
             )
         self.procs.append(proc)
         return proc
+
+    def log(self, n: int) -> str:
+        """What the ``n``-th worker started has written to stderr so far."""
+        return (self.base / f"worker-{n}.err").read_text(errors="replace")
 
     def descendants(self, proc: subprocess.Popen[bytes]) -> set[int]:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -223,7 +227,12 @@ def test_a_partition_longer_than_the_expiry_loses_nothing(
     b.link(up=False)
     try:
         wait_until(lambda: not remote_slots(d), EXPIRY + 10, "the daemon to declare it lost")
-        time.sleep(1.0)
+        # And the worker its daemon, so that the healed link brings a new session.
+        wait_until(
+            lambda: LOST_DAEMON in workers.log(0),
+            EXPIRY + 10,
+            "the worker to declare the daemon lost",
+        )
     finally:
         b.link(up=True)
     results = [d.result(t, wait=60) for t in ids]
