@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from pipework.service import WorkerService
+from pipework.service.transports import NAMES
 from tests.support.processes import descendants, wait_gone
 
-TRANSPORTS = ["pipe", "queue", "zmq"]
+TRANSPORTS = list(NAMES)
+"""Every transport ``WorkerService`` accepts by name (``zmq``: ipc://, ``zmq+tcp``: loopback)."""
 
 
 @pytest.fixture(params=TRANSPORTS, ids=lambda t: f"transport={t}")
