@@ -29,18 +29,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
     """A factory of daemons living for one test; see the module docstring."""
-    factory = DaemonFactory(tmp_path)
-    yield factory
-    problems = factory.close()
-    if problems:
-        pytest.fail("\n\n".join(problems))
+    with DaemonFactory.checked(tmp_path) as factory:
+        yield factory
 
 
 @pytest.fixture(scope="module")
 def module_daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
     """A factory of daemons shared by one test module."""
-    factory = DaemonFactory(tmp_path_factory.mktemp("daemons"))
-    yield factory
-    problems = factory.close()
-    if problems:
-        pytest.fail("\n\n".join(problems))
+    with DaemonFactory.checked(tmp_path_factory.mktemp("daemons")) as factory:
+        yield factory

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import zmq
 
 from tests.support.daemons import TASK_INFO_FIELDS, TERMINAL, Daemon, DaemonFactory, next_id
-from tests.support.processes import REPO, alive, clean_env
+from tests.support.processes import alive, run_pipework
 from tests.support.waiting import wait_until
 
 
@@ -593,15 +592,7 @@ def test_sighup_replaces_every_worker_and_loses_no_task(daemon: DaemonFactory) -
 
 
 def _cli(endpoint: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipework", *args],
-        cwd=REPO,
-        env=clean_env({"PIPEWORK_ENDPOINT": endpoint}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_pipework(*args, env={"PIPEWORK_ENDPOINT": endpoint}, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

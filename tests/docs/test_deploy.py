@@ -287,11 +287,8 @@ def _mdwe_supported() -> None:
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[DaemonFactory]:
-    factory = DaemonFactory(tmp_path)
-    yield factory
-    problems = factory.close()
-    if problems:
-        pytest.fail("\n\n".join(problems))
+    with DaemonFactory.checked(tmp_path) as factory:
+        yield factory
 
 
 def test_daemon_and_workers_run_without_writable_executable_memory(

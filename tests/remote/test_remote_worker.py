@@ -81,13 +81,6 @@ class Worker(ProcessTree):
         self.stop_watching()
         return code
 
-    def kill(self) -> None:
-        self.track()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.stop_watching()
-
     def log_tail(self, chars: int = 6000) -> str:
         try:
             text = self.log.read_text(errors="replace")

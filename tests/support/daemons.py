@@ -32,16 +32,16 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 
-from tests.support.processes import REPO, ProcessTree, clean_env
+from tests.support.processes import PIPEWORK, REPO, ProcessTree, clean_env
 
 TASKS_MODULE = "tests.daemon.tasks"
 READY_TIMEOUT = 20.0
@@ -52,7 +52,7 @@ ORPHAN_GRACE = 3.0
 SERVE = (
     shlex.split(os.environ["PIPEWORK_TEST_SERVE"])
     if os.environ.get("PIPEWORK_TEST_SERVE")
-    else [sys.executable, "-m", "pipework", "serve"]
+    else [*PIPEWORK, "serve"]
 )
 
 #: Every error code docs/protocol.md defines.
@@ -226,7 +226,7 @@ class Daemon(ProcessTree):
             self.send_signal(sig)
         code = self.wait(timeout)
         if code is None:
-            self._kill()
+            self.kill()
             pytest.fail(
                 f"daemon {self.pid} did not exit within {timeout} s of {signal.Signals(sig).name}"
                 f"; SIGKILLed\n{self.stderr_tail()}"
@@ -237,14 +237,7 @@ class Daemon(ProcessTree):
     def kill9(self) -> None:
         """SIGKILL the daemon (by pid) and reap it; its workers are left to fend for themselves."""
         self.expected_exit = {-signal.SIGKILL}
-        self._kill()
-
-    def _kill(self) -> None:
-        self.track()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self.stop_watching()
+        self.kill()
 
     def workers(self) -> list[dict[str, Any]]:
         reply = self.request({"op": "workers"})
@@ -420,6 +413,18 @@ class DaemonFactory:
             d.wait_ready()
         return d
 
+    @classmethod
+    @contextlib.contextmanager
+    def checked(cls, base: Path) -> Iterator[DaemonFactory]:
+        """A factory in ``base`` that, on exit, tears its daemons down and fails on any problem."""
+        factory = cls(base)
+        try:
+            yield factory
+        finally:
+            problems = factory.close()
+        if problems:
+            pytest.fail("\n\n".join(problems))
+
     def close(self) -> list[str]:
         """Stop every daemon still running, check for leftovers; return the problems."""
         problems: list[str] = []
@@ -430,7 +435,7 @@ class DaemonFactory:
                     d.send_signal(signal.SIGTERM)
                     code = d.wait(d.drain_timeout + 15.0)
                 if code is None:
-                    d._kill()
+                    d.kill()
                     problems.append(
                         f"daemon {d.pid} ignored SIGTERM at teardown; SIGKILLed\n{d.stderr_tail()}"
                     )

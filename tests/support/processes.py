@@ -10,7 +10,9 @@ import contextlib
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -20,6 +22,9 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 """The repository root: the working directory of the processes the tests start."""
+
+PIPEWORK = [sys.executable, "-m", "pipework"]
+"""The command line of this checkout's ``pipework``."""
 
 
 def alive(proc: int | psutil.Process) -> bool:
@@ -110,6 +115,14 @@ class ProcessTree:
     def stop_watching(self) -> None:
         self._watching = False
 
+    def kill(self) -> None:
+        """SIGKILL the process (by pid) and reap it; its descendants stay recorded."""
+        self.track()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.stop_watching()
+
     def running(self) -> bool:
         return self.proc.poll() is None
 
@@ -136,6 +149,21 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def run_pipework(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``pipework *args`` from the repository root with ``clean_env(env)``; capture output."""
+    return subprocess.run(
+        [*PIPEWORK, *args],
+        cwd=REPO,
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def run_bounded(
