@@ -8,8 +8,6 @@ pid and failing the test if there were any.
 
 from __future__ import annotations
 
-import multiprocessing.forkserver
-import multiprocessing.resource_tracker
 import os
 import signal
 import time
@@ -17,70 +15,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from pipework.service import WorkerService
+from pipework.service.transports import NAMES
+from tests.support.processes import descendants, wait_gone
 
-TRANSPORTS = ["pipe", "queue", "zmq"]
+TRANSPORTS = list(NAMES)
+"""Every transport ``WorkerService`` accepts by name (``zmq``: ipc://, ``zmq+tcp``: loopback)."""
 
 
 @pytest.fixture(params=TRANSPORTS, ids=lambda t: f"transport={t}")
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def _helper_pids() -> set[int]:
-    """multiprocessing's own long-lived helpers, shared by every pool in this process."""
-    # Private attributes: multiprocessing has no public way to name these pids.
-    candidates = (
-        getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None),
-        getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None),
-    )
-    return {pid for pid in candidates if isinstance(pid, int)}
-
-
-def descendants() -> list[psutil.Process]:
-    """This test process's descendants, minus multiprocessing's shared helpers."""
-    helpers = _helper_pids()
-    out = []
-    for proc in psutil.Process().children(recursive=True):
-        if proc.pid in helpers:
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        out.append(proc)
-    return out
-
-
-def wait_gone(pids: list[int], timeout: float) -> list[int]:
-    """Wait until none of ``pids`` is alive (zombies count as gone); return survivors."""
-    end = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < end:
-        alive = [p for p in alive if _alive(p)]
-        if alive:
-            time.sleep(0.02)
-    return alive
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 30.0) -> None:
-    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"condition {condition!r} not met within {timeout} s")
-        time.sleep(0.01)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture

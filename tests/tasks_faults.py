@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests import tasks
+from tests.support.waiting import poll_until
 
 if TYPE_CHECKING:
     from pipework.service import WorkerService
@@ -124,7 +125,7 @@ def big_result_with_killer_thread(
         if mid_write:
             # Reading the task pipe means the write is over: kill anyway, the
             # test queues nothing that could reach this worker meanwhile.
-            wait_until(lambda: thread_waits_on(os.getpid(), main_tid) != "", 10.0, 0.0005)
+            poll_until(lambda: thread_waits_on(os.getpid(), main_tid) != "", 10.0, 0.0005)
         time.sleep(delay)
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -181,16 +182,6 @@ def wait_for_pids(path: str | os.PathLike[str], count: int = 1, timeout: float =
         time.sleep(0.001)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= end:
-            return predicate()
-        time.sleep(interval)
-    return True
-
-
 def thread_waits_on(pid: int, tid: int | None = None) -> str:
     """``"write"``/``"read"`` while that thread is blocked writing/reading a pipe,
     ``"poll"`` while it waits in poll (a ZeroMQ worker after a send), else ``""``.
@@ -222,4 +213,4 @@ def replaced(pool: WorkerService, dead_pid: int, timeout: float = 10.0) -> bool:
         pids = pool.worker_pids()
         return dead_pid not in pids and len(pids) == pool.max_workers
 
-    return wait_until(check, timeout)
+    return poll_until(check, timeout)

@@ -7,16 +7,14 @@ fast anything is (speed lives in ``benchmarks/``).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pipework.benchmarks import queues
+from tests.support.processes import run_bounded
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 50.0
@@ -25,28 +23,10 @@ ROWS = {"accept", "accept_one_in_flight", "e2e", "p50", "p99", "idle", "idle_per
 CONTENDERS = ["pipework", "huey-sqlite"]
 
 
-def _run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd``; on expiry SIGKILL it and every process it started (by pid), then fail."""
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # Its servers run in sessions of their own, but are still its descendants.
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"benchmark not done in {timeout:g} s\n{stdout}\n{stderr}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-
-
 @pytest.mark.timeout(60)
 def test_quick_run_against_huey_reports_every_row(tmp_path: Path) -> None:
     out = tmp_path / "daemon.json"
-    done = _run_bounded(
+    done = run_bounded(
         [
             sys.executable,
             "-m",

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipework.benchmarks import ipc
 from pipework.service.cli.parsing import main
+from tests.support.processes import REPO, run_pipework
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 RUN_TIMEOUT = 50.0
 """Below the per-test pytest-timeout, so a hang fails here with the output so far."""
 NUMBER = r"[\d,]+(\.\d)?"
@@ -36,14 +35,7 @@ def _rows(report: str) -> dict[str, list[str]]:
 
 def test_quick_run_prints_the_table_with_progress() -> None:
     docs_before = {name: (ROOT / "docs" / name).read_bytes() for name in ipc.DOCS.values()}
-    done = subprocess.run(
-        [sys.executable, "-m", "pipework", "bench", "ipc", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
+    done = run_pipework("bench", "ipc", "--quick", timeout=RUN_TIMEOUT)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     rows = _rows(done.stdout)
     assert list(rows) == [m.label for m in ipc.MECHANISMS.values()], done.stdout

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +18,9 @@ from pipework.benchmarks.common import rewrite_blocks
 from pipework.benchmarks.pool_plan import QUICK, ROWS, TRANSPORTS, Cell, plan
 from pipework.benchmarks.pool_report import NUMBER_FORMAT, aggregate, summarize
 from pipework.benchmarks.pool_subjects import PEERS
+from tests.support.processes import REPO, run_pipework
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 RUN_TIMEOUT = 200.0
 """Below the test's own bound, so a hang fails here with the output so far."""
 EXPLAINED = {"not installed", "skipped"}
@@ -43,23 +42,7 @@ def _table(markdown: str, header: str) -> list[list[str]]:
 def test_quick_run_measures_every_cell(tmp_path: Path) -> None:
     docs_before = (ROOT / "docs" / pool.DOCS).read_bytes()
     out = tmp_path / "pool.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipework",
-            "bench",
-            "pool",
-            "--quick",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-        check=False,
-    )
+    done = run_pipework("bench", "pool", "--quick", "--json", str(out), timeout=RUN_TIMEOUT)
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     report = json.loads(out.read_text())
     assert report["quick"] is True

@@ -7,15 +7,14 @@ assertions).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
+
+from tests.support.processes import run_bounded
 
 ROOT = Path(__file__).resolve().parents[2]
 CELLS = {
@@ -34,28 +33,10 @@ CELLS = {
 REMOTE = {"remote-tcp-curve", "remote-ipc"}
 
 
-def _run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd``; on expiry SIGKILL it and every process it started (by pid), then fail."""
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # Its daemons run in sessions of their own, but are still its children.
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        proc.kill()
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"benchmark not done in {timeout:g} s\n{stdout}\n{stderr}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-
-
 @pytest.mark.timeout(90)
 def test_daemon_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "daemon.json"
-    done = _run_bounded(
+    done = run_bounded(
         [sys.executable, "-m", "pipework.benchmarks.daemon", "--quick", "--out", str(out)],
         timeout=75,
     )

@@ -11,38 +11,22 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import zmq
 
-from tests.daemon.conftest import (
-    REPO,
-    TASK_INFO_FIELDS,
-    TERMINAL,
-    Daemon,
-    DaemonFactory,
-    clean_env,
-    next_id,
-    wait_until,
-)
+from tests.support.daemons import TASK_INFO_FIELDS, TERMINAL, Daemon, DaemonFactory, next_id
+from tests.support.processes import alive, run_pipework
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
 def d(module_daemons: DaemonFactory) -> Daemon:
     """One two-worker daemon (journal on) shared by this module's read-mostly tests."""
     return module_daemons()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def assert_task_info(info: dict[str, Any]) -> None:
@@ -210,7 +194,7 @@ def test_crashing_task_is_quarantined_after_its_retries(d: Daemon) -> None:
         assert h["outcome"] == "worker_lost"
         assert h["signal"] == "SIGKILL"
         assert isinstance(h["worker_pid"], int)
-        assert not _pid_alive(h["worker_pid"])
+        assert not alive(h["worker_pid"])
     assert history[0]["worker_pid"] != history[1]["worker_pid"]
     # Its workers were replaced: the daemon still runs tasks on two workers.
     assert d.run("add", 1, 1)["result"] == 2
@@ -313,7 +297,7 @@ def test_cancel_a_running_task_replaces_its_worker(d: Daemon, tmp_path: Path) ->
     assert info["state"] == "cancelled"
     assert info["error"] is not None
 
-    wait_until(lambda: not _pid_alive(old_pid), 20, f"worker {old_pid} killed")
+    wait_until(lambda: not alive(old_pid), 20, f"worker {old_pid} killed")
     wait_until(
         lambda: (pids := d.worker_pids()) and len(pids) == 2 and old_pid not in pids,
         20,
@@ -531,7 +515,7 @@ def test_sigterm_drains_and_the_journal_keeps_unfinished_tasks(
     assert elapsed < drain + 15, f"drain took {elapsed:.1f} s with a {drain} s deadline"
     assert d.wait_descendants_gone(3.0) == []
     for pid in worker_pids:
-        assert not _pid_alive(pid)
+        assert not alive(pid)
 
     # Restart on the same journal: the killed and the queued tasks are still there, unfinished.
     d2 = daemon(journal=journal, drain_timeout=drain)
@@ -599,7 +583,7 @@ def test_sighup_replaces_every_worker_and_loses_no_task(daemon: DaemonFactory) -
         info = d.result(task_id, wait=30)
         assert info["state"] == "done", info
         assert info["history"] == [], f"a task lost its worker in a rolling restart: {info}"
-    wait_until(lambda: not any(_pid_alive(p) for p in old), 10, f"old workers {old} exited")
+    wait_until(lambda: not any(alive(p) for p in old), 10, f"old workers {old} exited")
     assert d.running()
     print(f"SIGHUP: {len(submitted)} tasks done across the restart; workers {old} -> {now}")
 
@@ -608,15 +592,7 @@ def test_sighup_replaces_every_worker_and_loses_no_task(daemon: DaemonFactory) -
 
 
 def _cli(endpoint: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipework", *args],
-        cwd=REPO,
-        env=clean_env({"PIPEWORK_ENDPOINT": endpoint}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_pipework(*args, env={"PIPEWORK_ENDPOINT": endpoint}, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

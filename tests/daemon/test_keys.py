@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,7 @@ import zmq.auth
 
 from pipework.protocol import curve
 from pipework.service.cli import keys
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.processes import run_pipework
 
 
 def mode(path: Path) -> int:
@@ -83,14 +81,7 @@ def test_load_keypair_refuses_what_it_should(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipework", "keys", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_pipework("keys", *args, timeout=30)
 
 
 def test_the_command(tmp_path: Path) -> None:

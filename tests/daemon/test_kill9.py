@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.conftest import TERMINAL, Daemon, DaemonFactory, wait_until
+from tests.support.daemons import TERMINAL, Daemon, DaemonFactory
+from tests.support.waiting import wait_until
 
 N = 200
 WORKERS = 2

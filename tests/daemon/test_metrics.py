@@ -19,8 +19,10 @@ import psutil
 import pytest
 
 from pipework.service.ops.metrics import Metrics
-from tests.daemon.conftest import DaemonFactory, wait_until
-from tests.daemon.web import Sample, fetch, free_port, sample, scrape
+from tests.daemon.web import Sample, fetch, sample, scrape
+from tests.support.daemons import DaemonFactory
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 ADDS = 12
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.conftest import DaemonFactory
+from tests.support.daemons import DaemonFactory
 
 CLIENT_SOURCE = Path(__file__).parent / "clients" / "client.c"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -12,13 +11,9 @@ import pytest
 
 from pipework.protocol import Client, ProtocolError, Unavailable
 from pipework.service.cli.keys import generate
-from tests.daemon.conftest import DaemonFactory, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.daemons import DaemonFactory
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.daemon.conftest import ERROR_CODES, Conn, Daemon, DaemonFactory, next_id
+from tests.support.daemons import ERROR_CODES, Conn, Daemon, DaemonFactory, next_id
+from tests.support.strategies import json_values as any_json
 
 MAX = 4096
 OK = "ok"  # an expected outcome: an ok reply
@@ -149,20 +150,7 @@ def target(module_daemons: DaemonFactory) -> Iterator[Target]:
 
 # -- strategies ------------------------------------------------------------------
 
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    _scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
+json_values = any_json(st.integers(min_value=-(2**70), max_value=2**70), max_leaves=10)
 _not_int = (
     st.booleans()
     | st.text(max_size=5)

@@ -5,29 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon.conftest import REPO, TASKS_MODULE, DaemonFactory, clean_env
+from tests.support.daemons import TASKS_MODULE, DaemonFactory
+from tests.support.processes import run_pipework
 
 START_TIMEOUT = 30.0
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``pipework serve`` expecting it to refuse (so it exits by itself)."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipework", "serve", *args],
-        cwd=REPO,
-        env=clean_env(env),
-        capture_output=True,
-        text=True,
-        timeout=START_TIMEOUT,
-        check=False,
-    )
+    return run_pipework("serve", *args, env=env, timeout=START_TIMEOUT)
 
 
 @pytest.fixture

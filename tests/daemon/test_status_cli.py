@@ -19,21 +19,15 @@ from pathlib import Path
 import pytest
 
 from pipework.service.cli.overview import render
-from tests.daemon.conftest import REPO, Daemon, DaemonFactory, clean_env, wait_until
+from tests.support.daemons import Daemon, DaemonFactory
+from tests.support.processes import REPO, clean_env, run_pipework
+from tests.support.waiting import wait_until
 
 MESSAGE = "<b>not bold</b>\nsecond line"
 
 
 def _cli(endpoint: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipework", *args],
-        cwd=REPO,
-        env=clean_env({"PIPEWORK_ENDPOINT": endpoint}),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_pipework(*args, env={"PIPEWORK_ENDPOINT": endpoint}, timeout=timeout)
 
 
 @dataclass

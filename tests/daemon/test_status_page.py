@@ -34,8 +34,10 @@ import pytest
 from pipework.service.daemon.config import ConfigError, load_settings
 from pipework.service.ops.status import BUCKETS, RECENT_FAILURES, StatusBoard
 from tests.conftest import STATUS_PAGE_SHOT
-from tests.daemon.conftest import Daemon, DaemonFactory, wait_until
-from tests.daemon.web import fetch, free_port
+from tests.daemon.web import fetch
+from tests.support.daemons import Daemon, DaemonFactory
+from tests.support.net import free_port
+from tests.support.waiting import wait_until
 
 XSS = "<img src=x onerror=alert(1)>"
 QUEUED = 3

@@ -1,6 +1,6 @@
 """HTTP helpers for the tests of the daemon's metrics and status page (loopback only).
 
-``free_port`` finds a port nothing listens on; ``fetch`` makes one request
+``fetch`` makes one request
 with ``http.client`` and returns status, headers and body; ``scrape`` reads a
 Prometheus exposition into ``{(name, labels): value}``.
 """
@@ -8,7 +8,6 @@ Prometheus exposition into ``{(name, labels): value}``.
 from __future__ import annotations
 
 import http.client
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,13 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 HTTP_TIMEOUT = 10.0
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picked it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

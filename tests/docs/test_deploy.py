@@ -33,7 +33,7 @@ import pytest
 from pipework.service.cli.parsing import build_parser
 from pipework.service.daemon.config import DaemonSettings, load_settings
 from pipework.service.daemon.server import _WORKERS_UP_TIMEOUT
-from tests.daemon.conftest import DaemonFactory
+from tests.support.daemons import DaemonFactory
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -287,11 +287,8 @@ def _mdwe_supported() -> None:
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[DaemonFactory]:
-    factory = DaemonFactory(tmp_path)
-    yield factory
-    problems = factory.close()
-    if problems:
-        pytest.fail("\n\n".join(problems))
+    with DaemonFactory.checked(tmp_path) as factory:
+        yield factory
 
 
 def test_daemon_and_workers_run_without_writable_executable_memory(

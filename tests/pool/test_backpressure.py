@@ -9,6 +9,7 @@ import pytest
 
 from pipework.service import QueueFull, WorkerService
 from tests import tasks
+from tests.support.waiting import wait_until
 
 
 def test_submit_past_the_bound_raises_queue_full_after_submit_timeout(make_pool) -> None:
@@ -85,7 +86,7 @@ def test_shutdown_wakes_a_blocked_submit(make_pool) -> None:
 
     thread = threading.Thread(target=submitter)
     thread.start()
-    time.sleep(0.1)
+    wait_until(lambda: pool._ledger._waiting == 1, 10, "the submit to block on a full pool")
     pool.shutdown(wait=False)
     thread.join(10)
     assert not thread.is_alive()

@@ -15,7 +15,8 @@ import pytest
 from pipework.service import TaskFuture, WorkerService
 from tests import tasks
 from tests import tasks_faults as faults
-from tests.conftest import wait_gone
+from tests.support.processes import wait_gone
+from tests.support.waiting import poll_until
 
 RESULT_TIMEOUT = 30.0
 PROMPT = 5.0
@@ -57,7 +58,8 @@ def test_cancel_running_task_wakes_waiters(
 
     def cancel_once_running() -> None:
         faults.wait_for_pids(pid_file)
-        time.sleep(0.05)  # let the waiter below block first
+        # Let the waiter below block first: cf.wait and as_completed register a waiter.
+        poll_until(lambda: bool(future._waiters), RESULT_TIMEOUT)
         future.cancel()
 
     canceller = threading.Thread(target=cancel_once_running)
@@ -195,6 +197,6 @@ def test_cancel_every_running_task_at_once(pool: WorkerService, tmp_path: Path) 
     assert all(future.cancel() for future in running)
     assert not wait_gone(pids, PROMPT), "a worker survived the cancel of its task"
     assert [f.result(timeout=RESULT_TIMEOUT) for f in queued] == [i * i for i in range(20)]
-    assert faults.wait_until(
+    assert poll_until(
         lambda: len(pool.worker_pids()) == 2 and not set(pids) & set(pool.worker_pids()), 10.0
     )

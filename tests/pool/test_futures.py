@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from pipework.service import WorkerService
 from pipework.service.futures import TaskFuture
 from pipework.service.ledger import Task
+from tests.support.waiting import wait_until
 from tests.tasks import add, raise_value_error, sleep_then
 
 pytestmark = pytest.mark.timeout(30)
@@ -102,7 +102,8 @@ def test_many_threads_block_on_many_futures_and_each_gets_its_own() -> None:
     threads = [threading.Thread(target=read, args=(i,)) for i in range(40)]
     for t in threads:
         t.start()
-    time.sleep(0.05)  # let them block (not required for correctness)
+    # Let them block (not required for correctness): each result() registers a waiter.
+    wait_until(lambda: all(f._waiters for f in futures), 10, "every reader to block")
     for i in reversed(range(40)):
         futures[i].set_result(i * 10)
     for t in threads:

@@ -12,7 +12,8 @@ import pytest
 from pipework.service import WorkerLost, WorkerService
 from pipework.service.transports.zmq import ZmqTransport
 from tests import tasks
-from tests.conftest import wait_for, wait_gone
+from tests.support.processes import wait_gone
+from tests.support.waiting import wait_until
 
 HEARTBEAT_TIMEOUT = 2.0
 
@@ -27,7 +28,7 @@ def test_stopped_worker_is_declared_lost_and_replaced(make_pool, tmp_path: Path)
     pool: WorkerService = make_pool(2)
     mark = tmp_path / "started"
     stuck = pool.submit(tasks.touch_then, str(mark), "sleep_then", 60, None)
-    wait_for(mark.exists)
+    wait_until(mark.exists)
     victim = _running_pid(pool, stuck.task_id)
     os.kill(victim, signal.SIGSTOP)
     start = time.monotonic()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from pipework.service import BrokenService, SerializationError, WorkerService
 from tests import tasks, tasks_more
-from tests.conftest import descendants, wait_gone
+from tests.support.processes import descendants, wait_gone
 
 MakePool = Callable[..., WorkerService]
 
@@ -98,8 +97,9 @@ def test_raising_initializer_is_not_a_crash_loop(make_pool: MakePool, tmp_path: 
     _assert_broken_by(
         future.exception(timeout=30), RuntimeError, "initializer exploded", "die_in_initializer"
     )
-    # Give a crash loop time to show itself, then count worker starts.
-    time.sleep(0.5)
+    # A broken pool's dispatcher starts no worker and ends once its workers are reaped:
+    # after that, a crash loop would have shown itself in the count of worker starts.
+    assert pool._dispatcher.join(15.0), "the broken pool's dispatcher did not finish"
     assert 1 <= tasks_more.starts_recorded(starts) <= pool.max_workers
     assert not wait_gone([p.pid for p in descendants()], 10), "workers of a broken pool linger"
     assert tasks_more.starts_recorded(starts) <= pool.max_workers
@@ -157,7 +157,7 @@ def test_initializer_that_exits_breaks_after_a_few_attempts(
     assert "exit code 7" in str(exc)
     with pytest.raises(BrokenService, match="exited while starting"):
         pool.submit(tasks.square, 3)
-    time.sleep(0.5)
+    assert pool._dispatcher.join(15.0), "the broken pool's dispatcher did not finish"
     started = tasks_more.starts_recorded(starts)
     assert 3 <= started <= 6, f"{started} workers started: a crash loop?"
     assert not wait_gone([p.pid for p in descendants()], 10), "workers of a broken pool linger"

@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from pipework.service import TaskFuture, WorkerLost, WorkerService
 from tests import tasks
 from tests import tasks_faults as faults
-from tests.conftest import wait_gone
+from tests.support.processes import alive, wait_gone
+from tests.support.waiting import poll_until
 
 SEED = int(os.environ.get("PIPEWORK_STORM_SEED", "20240917"))
 MiB = 1024 * 1024
@@ -193,7 +193,7 @@ class Killer:
             time.sleep(self.rng.uniform(0.0, 0.1))
             self._kill(pid, "big-after-pid")
         else:
-            faults.wait_until(lambda: writing(pid), 0.5, 0.0005)
+            poll_until(lambda: writing(pid), 0.5, 0.0005)
             time.sleep(self.rng.uniform(0.0, 0.005))
             self._kill(pid, "big-mid-write")
 
@@ -311,15 +311,8 @@ def full_strength(pool: WorkerService, killed: list[int]) -> bool:
     return (
         len(pids) == pool.max_workers
         and not set(pids) & set(killed)
-        and all(_alive(pid) for pid in pids)
+        and all(alive(pid) for pid in pids)
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def unkilled(future: TaskFuture[Any], ctx: str) -> Any:
@@ -335,7 +328,7 @@ def unkilled(future: TaskFuture[Any], ctx: str) -> Any:
 
 def check_recovered(pool: WorkerService, killed: list[int], ctx: str) -> None:
     """Back at full strength, the dead really gone, and a final batch all right."""
-    assert faults.wait_until(lambda: full_strength(pool, killed), 10.0), (
+    assert poll_until(lambda: full_strength(pool, killed), 10.0), (
         f"{ctx}: not back at full strength: workers {pool.worker_pids()}, killed {killed}"
     )
     assert not wait_gone(killed, 5.0), f"{ctx}: killed workers still alive"
@@ -479,7 +472,7 @@ def test_kill_while_reading_big_argument(
     while rounds < READ_ROUNDS and outcomes["mid-read"] < MID_READ_WANTED:
         rounds += 1
         where = f"{ctx}, round {rounds}, window {window:.3f}s"
-        assert faults.wait_until(lambda: full_strength(pool, killed), 10.0), (
+        assert poll_until(lambda: full_strength(pool, killed), 10.0), (
             f"{where}: workers {pool.worker_pids()}, killed {killed}"
         )
         pids = pool.worker_pids()

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import wait_gone
+from tests.support.processes import wait_gone
 
 ROOT = Path(__file__).resolve().parents[2]
 

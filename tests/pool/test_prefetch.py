@@ -22,7 +22,7 @@ from pipework.service import WorkerService
 from pipework.service.dispatcher import Dispatcher
 from pipework.service.waker import Waker
 from tests import tasks
-from tests import tasks_faults as faults
+from tests.support.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,7 +50,7 @@ def test_cancelled_queued_task_never_runs(
     head = pool.submit(tasks.sleep_then, 0.5, "head")
     queued = pool.submit(tasks.touch_then, str(marker), "square", 3)
     after = [pool.submit(tasks.square, i) for i in range(5)]
-    assert faults.wait_until(queued.running, 10.0), "the task was not queued in the worker"
+    assert poll_until(queued.running, 10.0), "the task was not queued in the worker"
 
     assert queued.cancel()
     assert queued.cancelled()

@@ -6,7 +6,7 @@ import collections
 
 from pipework.service import WorkerService
 from tests import tasks
-from tests.conftest import wait_for
+from tests.support.waiting import wait_until
 
 
 def test_recycle_by_task_count_with_backlog(make_pool) -> None:
@@ -43,13 +43,13 @@ def test_recycled_worker_loses_no_state_of_others(make_pool) -> None:
 def test_restart_workers_replaces_every_worker_without_losing_tasks(make_pool) -> None:
     pool: WorkerService = make_pool(2)
     first = pool.submit(tasks.sleep_then, 0.5, "slow")
-    wait_for(lambda: len(pool.running_tasks()) == 1)
+    wait_until(lambda: len(pool.running_tasks()) == 1)
     old = set(pool.worker_pids())
     assert pool.running_tasks() == {next(iter(pool.running_tasks())): first.task_id}
     pool.restart_workers()
     stream = [pool.submit(tasks.pid_of_worker, i) for i in range(40)]
     assert first.result(timeout=30) == "slow"  # the busy worker finished its task first
     pids = {f.result(timeout=30) for f in stream}
-    wait_for(lambda: len(pool.worker_pids()) == 2 and not old & set(pool.worker_pids()))
+    wait_until(lambda: len(pool.worker_pids()) == 2 and not old & set(pool.worker_pids()))
     # The restart is ordered before the stream: no old worker takes a new task.
     assert not pids & old, pids & old

@@ -14,7 +14,8 @@ import pytest
 
 from pipework.service import ServiceClosed, WorkerService
 from tests import tasks
-from tests.conftest import wait_for, wait_gone
+from tests.support.processes import wait_gone
+from tests.support.waiting import wait_until
 
 
 def test_shutdown_wait_runs_every_accepted_task(make_pool) -> None:
@@ -29,7 +30,7 @@ def test_cancel_futures_resolves_every_pending_future_at_once(make_pool, tmp_pat
     pool: WorkerService = make_pool(1)
     mark = tmp_path / "started"
     running = pool.submit(tasks.touch_then, str(mark), "sleep_then", 0.5, "ran")
-    wait_for(mark.exists)
+    wait_until(mark.exists)
     pending = [pool.submit(tasks.square, i) for i in range(50)]
     pool.shutdown(wait=False, cancel_futures=True)
     _, not_done = cf.wait(pending, timeout=1.0)
@@ -55,7 +56,7 @@ def test_submit_during_shutdown_raises_service_closed(make_pool) -> None:
     slow = pool.submit(tasks.sleep_then, 0.5, "done")
     closer = threading.Thread(target=pool.shutdown, kwargs={"wait": True})
     closer.start()
-    wait_for(lambda: pool._ledger.closed)
+    wait_until(lambda: pool._ledger.closed)
     with pytest.raises(ServiceClosed):
         pool.submit(tasks.square, 2)
     closer.join(30)
@@ -68,7 +69,7 @@ def test_shutdown_timeout_kills_stuck_tasks(make_pool, tmp_path: Path) -> None:
     marks = [tmp_path / "a", tmp_path / "b"]
     stuck = [pool.submit(tasks.touch_then, str(m), "sleep_forever") for m in marks]
     queued = pool.submit(tasks.square, 3)
-    wait_for(lambda: all(m.exists() for m in marks))
+    wait_until(lambda: all(m.exists() for m in marks))
     pids = pool.worker_pids()
     start = time.monotonic()
     pool.shutdown(wait=True)

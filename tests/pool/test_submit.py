@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import time
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from pipework.service import TaskFuture, TaskTimeout, WorkerService
 from pipework.service.dispatcher import Dispatcher
 from tests import tasks
+from tests.support.waiting import wait_until
 
 
 def test_submit_returns_result(pool: WorkerService) -> None:
@@ -78,7 +78,8 @@ def test_an_idle_pipe_pool_starts_a_task_within_submit(
 
     monkeypatch.setattr(dispatcher, "hand_direct", counting)
     for i in range(20):
-        time.sleep(0.02)  # the dispatcher goes back to sleep
+        # The dispatcher goes back to sleep: its lock is free only while it waits in select.
+        wait_until(lambda: not dispatcher._lock.locked(), 10, "the dispatcher asleep")
         future = pool.submit(tasks.sleep_then, 0.01, i)
         if handed[-1]:
             assert future.running()
@@ -92,7 +93,7 @@ def test_an_idle_pipe_pool_starts_a_task_within_submit(
 def test_a_timeout_on_a_task_handed_within_submit_still_fires(make_pool) -> None:
     pool: WorkerService = make_pool(1)
     assert pool.submit(tasks.square, 2).result(timeout=30) == 4
-    time.sleep(0.05)
+    wait_until(lambda: not pool._dispatcher._lock.locked(), 10, "the dispatcher asleep")
     future = pool.options(timeout=0.3).submit(tasks.sleep_then, 30, "late")
     with pytest.raises(TaskTimeout):
         future.result(timeout=20)

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from pipework.service import RemoteError, SerializationError, WorkerService
 from tests import tasks, tasks_more
-from tests.conftest import TRANSPORTS, wait_gone
+from tests.conftest import TRANSPORTS
+from tests.support.processes import wait_gone
 
 MakePool = Callable[..., WorkerService]
 

@@ -21,7 +21,7 @@ import pytest
 from pipework.service import TaskFuture, TaskTimeout, WorkerLost, WorkerService
 from tests import tasks
 from tests import tasks_faults as faults
-from tests.conftest import wait_gone
+from tests.support.processes import wait_gone
 
 RESULT_TIMEOUT = 30.0
 TIMEOUT = 0.5

@@ -26,7 +26,8 @@ import pytest
 from pipework.service import TaskFuture, WorkerLost, WorkerService
 from tests import tasks
 from tests import tasks_faults as faults
-from tests.conftest import wait_gone
+from tests.support.processes import wait_gone
+from tests.support.waiting import poll_until
 
 RESULT_TIMEOUT = 30.0
 
@@ -175,7 +176,7 @@ def test_many_deaths_in_a_row(make_pool: Callable[..., WorkerService]) -> None:
             assert future.result(timeout=0) == expected
             values += 1
     assert (values, len(dead_pids)) == (50, 10)  # ten deaths, ten different workers
-    assert faults.wait_until(
+    assert poll_until(
         lambda: len(pool.worker_pids()) == 2 and not dead_pids & set(pool.worker_pids()), 10.0
     )
     assert pool.submit(tasks.square, 7).result(timeout=RESULT_TIMEOUT) == 49
@@ -228,7 +229,7 @@ def test_every_worker_dies_at_once(make_pool: Callable[..., WorkerService], tmp_
         err = lost(victim)
         assert (err.task_id, err.pid, err.signal) == (victim.task_id, pid, "SIGKILL")
     assert [f.result(timeout=RESULT_TIMEOUT) for f in queued] == [i * i for i in range(20)]
-    assert faults.wait_until(
+    assert poll_until(
         lambda: len(pool.worker_pids()) == 2 and not set(pids) & set(pool.worker_pids()), 10.0
     )
 
@@ -244,7 +245,7 @@ def test_workers_killed_from_outside_while_starting_are_replaced(
     pool = make_pool(1, initializer=faults.wait_for_file, initargs=(str(go),))
     killed: list[int] = []
     for _ in range(3):
-        assert faults.wait_until(lambda: bool(set(pool.worker_pids()) - set(killed)), 10.0)
+        assert poll_until(lambda: bool(set(pool.worker_pids()) - set(killed)), 10.0)
         [pid] = set(pool.worker_pids()) - set(killed)
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)

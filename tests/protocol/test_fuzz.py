@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from pipework.protocol import ErrorCode, ErrorReply, ProtocolError, TaskState, codec
 from pipework.protocol.messages import REQUEST_ADAPTER
+from tests.support.strategies import json_scalars
+from tests.support.strategies import json_values as any_json
 
 LIMIT = 1 << 20
 # The codes decode_request may raise; everything else is the daemon's.
@@ -31,20 +33,8 @@ REQUEST_CODES = {
 }
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+scalars = json_scalars()
+json_values = any_json()
 ids = st.text(min_size=1, max_size=64)
 names = st.text(min_size=1, max_size=200)
 task_ids = st.text(max_size=40)

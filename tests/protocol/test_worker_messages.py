@@ -38,6 +38,7 @@ from pipework.protocol import (
     encode,
 )
 from pipework.protocol import workers as workers_module
+from tests.support.strategies import json_values as any_json
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
 LIMIT = 1 << 20
@@ -326,20 +327,7 @@ def test_buffers_are_accepted_as_frames() -> None:
 
 # -- fuzzing ---------------------------------------------------------------------------
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+json_values = any_json()
 sessions = st.text(min_size=1, max_size=64)
 names = st.text(min_size=1, max_size=200)
 task_ids = st.text(min_size=1, max_size=64)

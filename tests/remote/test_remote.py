@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,17 @@ import psutil
 import pytest
 
 from pipework.service.cli.keys import generate
-from tests.daemon.conftest import REPO, TASKS_MODULE, DaemonFactory, clean_env, wait_until
 from tests.daemon.netns import Host, host_pair, require_netns
+from tests.support.daemons import TASKS_MODULE, DaemonFactory
+from tests.support.processes import REPO, clean_env, wait_gone
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 HEARTBEAT = 0.5
 EXPIRY = 3.0
 PORT = 7411
+LOST_DAEMON = "nothing heard from the daemon within expiry"  # the remote worker's log line
 
 
 @pytest.fixture
@@ -93,6 +95,10 @@ class Workers:
         self.procs.append(proc)
         return proc
 
+    def log(self, n: int) -> str:
+        """What the ``n``-th worker started has written to stderr so far."""
+        return (self.base / f"worker-{n}.err").read_text(errors="replace")
+
     def descendants(self, proc: subprocess.Popen[bytes]) -> set[int]:
         with contextlib.suppress(psutil.NoSuchProcess):
             self.tree.setdefault(proc.pid, set()).update(
@@ -118,23 +124,12 @@ class Workers:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-            end = time.monotonic() + 3
-            alive = {p for p in family if psutil.pid_exists(p)}
-            while alive and time.monotonic() < end:
-                time.sleep(0.05)
-                alive = {p for p in alive if _alive(p)}
-            for pid in alive:
+            left = wait_gone(family, 3.0)
+            for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            survivors += sorted(alive)
+            survivors += sorted(left)
         return survivors
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture
@@ -232,7 +227,12 @@ def test_a_partition_longer_than_the_expiry_loses_nothing(
     b.link(up=False)
     try:
         wait_until(lambda: not remote_slots(d), EXPIRY + 10, "the daemon to declare it lost")
-        time.sleep(1.0)
+        # And the worker its daemon, so that the healed link brings a new session.
+        wait_until(
+            lambda: LOST_DAEMON in workers.log(0),
+            EXPIRY + 10,
+            "the worker to declare the daemon lost",
+        )
     finally:
         b.link(up=True)
     results = [d.result(t, wait=60) for t in ids]

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.daemon.conftest import DaemonFactory, wait_until
+from tests.support.daemons import DaemonFactory
+from tests.support.waiting import wait_until
 
 TIMEOUT_MS = 10_000
 

@@ -44,9 +44,9 @@ from pipework.service.remote_worker import (
     RemoteWorkerError,
     worker_settings,
 )
-from tests.conftest import descendants, wait_gone
+from tests.support.processes import REPO, ProcessTree, clean_env, descendants, wait_gone
+from tests.support.waiting import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 TASKS = "tests.remote_tasks"
 WAIT = 15.0  # bound on any one expected message
 EXIT_WAIT = 15.0  # bound on a worker's exit once told to go
@@ -57,64 +57,22 @@ WORKER = [sys.executable, "-m", "pipework", "worker"]
 # -- the worker process ----------------------------------------------------------------
 
 
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-class Worker:
+class Worker(ProcessTree):
     """A ``python -m pipework worker`` process and every descendant it ever had."""
 
     def __init__(self, argv: list[str], log: Path) -> None:
         self.argv = argv
         self.log = log
         with log.open("ab") as err:
-            self.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 argv,
                 cwd=REPO,
-                env=_clean_env(),
+                env=clean_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
             )
-        self.pid = self.proc.pid
-        self._ps = psutil.Process(self.pid)
-        self.descendants: dict[int, psutil.Process] = {}
-        self._lock = threading.Lock()
-        self._watching = True
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        while self._watching and self.proc.poll() is None:
-            self.track()
-            time.sleep(0.05)
-
-    def track(self) -> set[int]:
-        try:
-            children = self._ps.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return set()
-        with self._lock:
-            for child in children:
-                self.descendants.setdefault(child.pid, child)
-        return {c.pid for c in children}
-
-    def alive_descendants(self) -> list[int]:
-        with self._lock:
-            procs = list(self.descendants.values())
-        return [p.pid for p in procs if _alive(p)]
-
-    def wait_descendants_gone(self, timeout: float) -> list[int]:
-        end = time.monotonic() + timeout
-        while (alive := self.alive_descendants()) and time.monotonic() < end:
-            time.sleep(0.02)
-        return alive
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
+        super().__init__(proc, interval=0.05)
 
     def signal(self, sig: int) -> None:
         self.track()
@@ -126,15 +84,8 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"worker {self.pid} did not exit within {timeout} s\n{self.log_tail()}")
-        self._watching = False
+        self.stop_watching()
         return code
-
-    def kill(self) -> None:
-        self.track()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._watching = False
 
     def log_tail(self, chars: int = 6000) -> str:
         try:
@@ -149,12 +100,6 @@ class Worker:
             with contextlib.suppress(ValueError):
                 events.append(json.loads(line))
         return events
-
-
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPEWORK_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 # -- the fake daemon -------------------------------------------------------------------
@@ -345,7 +290,7 @@ class FakeDaemon:
                 except subprocess.TimeoutExpired:
                     w.kill()
                     problems.append(f"worker {w.pid} ignored SIGTERM; SIGKILLed\n{w.log_tail()}")
-            w._watching = False
+            w.stop_watching()
             survivors = w.wait_descendants_gone(3.0)
             for pid in survivors:
                 with contextlib.suppress(ProcessLookupError):
@@ -387,14 +332,6 @@ def fake(zctx: zmq.Context[Any], sock_dir: Path) -> Iterator[FakeDaemon]:
         pytest.fail("\n\n".join(problems))
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
-
-
 def read_pid(path: Path, timeout: float = WAIT) -> int:
     wait_until(path.exists, timeout, f"the task to write {path}")
     return int(path.read_text())
@@ -405,12 +342,7 @@ def gone(pid: int, timeout: float) -> bool:
         proc = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return True
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if not _alive(proc):
-            return True
-        time.sleep(0.02)
-    return False
+    return not wait_gone([proc], timeout)
 
 
 # -- session and outcomes --------------------------------------------------------------
@@ -791,7 +723,7 @@ def test_tcp_without_keys_is_refused_with_exit_2() -> None:
     done = subprocess.run(
         [*WORKER, "--connect", "tcp://127.0.0.1:9", "--tasks", TASKS],
         cwd=REPO,
-        env=_clean_env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=30,

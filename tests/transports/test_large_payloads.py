@@ -24,7 +24,8 @@ import pytest
 from pipework.service import TaskFuture, WorkerLost, WorkerService
 from tests import tasks
 from tests import tasks_faults as faults
-from tests.conftest import wait_gone
+from tests.support.processes import wait_gone
+from tests.support.waiting import poll_until
 
 MiB = 1024 * 1024
 BIG = 64 * MiB
@@ -101,7 +102,7 @@ def kill_when(pid: int, victim: TaskFuture[Any], when: str, delay: float) -> Non
     """SIGKILL our worker ``pid`` at the moment ``when``/``delay`` describe (see ``KILLS``)."""
     if when == "mid-write":
         # Or once the victim is done: the write won, which the test accepts.
-        faults.wait_until(
+        poll_until(
             lambda: victim.done() or faults.thread_waits_on(pid) in ("write", "poll"), 10.0, 0.0005
         )
     time.sleep(delay)

@@ -30,7 +30,8 @@ from pipework.service.transports import get_transport
 from pipework.service.transports.queue import QueueTransport, _internals, _Queue
 from tests import tasks
 from tests import tasks_faults as faults
-from tests.conftest import wait_for, wait_gone
+from tests.support.processes import wait_gone
+from tests.support.waiting import poll_until, wait_until
 
 MiB = 1024 * 1024
 BIG = 64 * MiB
@@ -72,7 +73,7 @@ def big_result_mid_write(pool: WorkerService, pid_file: Path) -> tuple[TaskFutur
     victim = pool.submit(faults.big_result_after_pid, str(pid_file), 1, BIG)
     [pid] = faults.wait_for_pids(pid_file)
     assert pid in pool.worker_pids()  # only ever signal our own worker
-    faults.wait_until(lambda: victim.done() or feeder_writing(pid), 10.0, 0.0005)
+    poll_until(lambda: victim.done() or feeder_writing(pid), 10.0, 0.0005)
     return victim, pid
 
 
@@ -133,7 +134,7 @@ def test_worker_killed_mid_feed_leaves_no_hung_reader(
         assert faults.replaced(pool, pid), (pid, pool.worker_pids())
         # The dead worker's reader saw end of file and ended when its channel
         # closed: one reader per live worker, no more.
-        wait_for(lambda: len(readers() - before) == pool.max_workers, 10.0)
+        wait_until(lambda: len(readers() - before) == pool.max_workers, 10.0)
         futures = [pool.submit(faults.pattern, round_ + k, k * 100_003) for k in range(8)]
         for k, future in enumerate(futures):
             assert future.result(timeout=RESULT_TIMEOUT) == faults.pattern(round_ + k, k * 100_003)
@@ -169,7 +170,7 @@ def test_stopped_worker_mid_write_does_not_stall_the_others(
             os.kill(stopped, signal.SIGKILL)
     assert check_victim(victim, stopped)
     assert faults.replaced(pool, stopped), (stopped, pool.worker_pids())
-    wait_for(lambda: len(readers() - before) == pool.max_workers, 10.0)
+    wait_until(lambda: len(readers() - before) == pool.max_workers, 10.0)
     assert pool.submit(tasks.square, 7).result(timeout=RESULT_TIMEOUT) == 49
 
 
@@ -186,7 +187,7 @@ def test_reader_and_feeder_threads_are_gone_after_shutdown(
     victim = pool.submit(faults.record_pid_then, str(tmp_path / "pid"), tasks.kill_self)
     assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [i * i for i in range(30)]
     assert isinstance(victim.exception(timeout=RESULT_TIMEOUT), WorkerLost)
-    wait_for(lambda: len(readers() - before) >= 3, 10.0)
+    wait_until(lambda: len(readers() - before) >= 3, 10.0)
     pool.shutdown(wait=True)
     # shutdown(wait=True) returns once the dispatcher thread has ended, and it
     # ends only after the transport has joined every reader and feeder.
@@ -256,7 +257,7 @@ def test_feeder_errors_reach_the_log_but_a_broken_pipe_does_not(
     q = _Queue(ctx=multiprocessing.get_context("spawn"))
     with caplog.at_level(logging.ERROR, logger="pipework.transports.queue"):
         q.put(lambda: None)  # type: ignore[arg-type]  # cannot be pickled
-        wait_for(lambda: "queue feeder thread failed" in caplog.text, 5.0)
+        wait_until(lambda: "queue feeder thread failed" in caplog.text, 5.0)
         _internals(q).reader.close()  # no reader left: the next write breaks the pipe
         caplog.clear()
         q.put((5, 0, b"x" * MiB, ()))

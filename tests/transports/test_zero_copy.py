@@ -31,7 +31,7 @@ from pipework.service import SerializationError, TaskTimeout, WorkerLost, Worker
 from pipework.service.transports import shm
 from tests import tasks, tasks_shm
 from tests import tasks_faults as faults
-from tests.conftest import wait_for
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 RESULT_TIMEOUT = 30.0
@@ -67,7 +67,7 @@ def mapping_of(value: np.ndarray[Any, Any]) -> object:
 
 def wait_released(memfds: int) -> None:
     """Every named segment of ours gone, and no more memfds open than ``memfds``."""
-    wait_for(lambda: not our_segments() and our_memfds() <= memfds, 10.0)
+    wait_until(lambda: not our_segments() and our_memfds() <= memfds, 10.0)
 
 
 def ready_worker_pid(pool: WorkerService) -> int:
@@ -187,7 +187,7 @@ def test_worker_killed_at_any_instant_of_sharing_its_result(
         outcomes.append(exc is None)
         del victim
         wait_released(our_memfds())
-        wait_for(lambda: len(pool.worker_pids()) == 2, 10.0)
+        wait_until(lambda: len(pool.worker_pids()) == 2, 10.0)
     assert not all(outcomes), "no kill landed before the result was sent"
 
 
@@ -222,7 +222,7 @@ def test_worker_killed_before_reading_its_argument(
     try:
         victim = pool.submit(tasks_shm.checksum, tasks_shm.array(5, 16 * MiB))
         # Sent, so lent: the channel holds its memfd for the stopped worker.
-        wait_for(lambda: our_memfds() > memfds, 10.0)
+        wait_until(lambda: our_memfds() > memfds, 10.0)
     finally:
         os.kill(pid, signal.SIGKILL)
     exc = victim.exception(timeout=RESULT_TIMEOUT)
@@ -254,7 +254,7 @@ def test_timed_out_and_cancelled_tasks_release_their_arguments(
     timed_out = pool.options(timeout=0.5).submit(tasks_shm.run_for, 60.0, data)
     assert isinstance(timed_out.exception(timeout=RESULT_TIMEOUT), TaskTimeout)
     busy = pool.submit(tasks_shm.run_for, 60.0, data)
-    wait_for(lambda: busy.running() and our_memfds() > memfds, 10.0)
+    wait_until(lambda: busy.running() and our_memfds() > memfds, 10.0)
     assert busy.cancel()
     wait_released(memfds)
     assert pool.submit(tasks_shm.run_for, 0.0, data).result(timeout=RESULT_TIMEOUT) == data.size
