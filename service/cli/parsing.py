@@ -33,7 +33,9 @@ def _serve(args: argparse.Namespace) -> int:
     from pipework.service import logs  # noqa: PLC0415 - keep client commands light
     from pipework.service.daemon import server as daemon  # noqa: PLC0415 - keep client commands light
     from pipework.service.daemon.config import ConfigError, load_settings  # noqa: PLC0415
+    from pipework.service.daemon.registry import import_from_cwd  # noqa: PLC0415
 
+    import_from_cwd()  # --tasks mytasks finds ./mytasks.py, as celery -A and rq worker do
     try:
         settings = load_settings(
             args.config,
@@ -190,7 +192,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--config", metavar="FILE", help="a TOML file of settings")
     p.add_argument("--endpoint", help="ipc://PATH or tcp://HOST:PORT to bind")
-    p.add_argument("--tasks", metavar="MODULE", help="module whose @task functions may run")
+    p.add_argument(
+        "--tasks",
+        metavar="MODULE",
+        help="module whose @task functions may run; imported with the current directory "
+        "first on sys.path, so ./mytasks.py is --tasks mytasks (no PYTHONPATH needed)",
+    )
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument("--transport", choices=["pipe", "queue", "zmq"], help="to local workers")
     j = p.add_mutually_exclusive_group()
@@ -311,8 +318,10 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 def _worker(args: argparse.Namespace) -> int:
     from pipework.service import logs  # noqa: PLC0415
+    from pipework.service.daemon.registry import import_from_cwd  # noqa: PLC0415
     from pipework.service.remote_worker import RemoteWorker, RemoteWorkerError  # noqa: PLC0415
 
+    import_from_cwd()
     logs.configure(args.log_format, args.log_level)
     try:
         worker = RemoteWorker(
@@ -344,7 +353,12 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ),
     )
     p.add_argument("--connect", required=True, metavar="ENDPOINT", help="tcp://HOST:PORT")
-    p.add_argument("--tasks", required=True, metavar="MODULE", help="the daemon's task module")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        metavar="MODULE",
+        help="the daemon's task module (the current directory is searched first)",
+    )
     p.add_argument(
         "--slots", type=int, metavar="N", help="local worker processes (default: one per core)"
     )
