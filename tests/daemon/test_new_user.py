@@ -7,12 +7,20 @@ the exit codes of ``status`` and ``result``.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
+from pipework import AsyncClient, Client
+from pipework.protocol.errors import Unavailable
 from pipework.service.daemon.registry import TaskRegistryError, load_tasks, task
 from tests.daemon.conftest import Daemon, DaemonFactory, clean_env
 
@@ -20,6 +28,10 @@ RUN_TIMEOUT = 45.0
 CONSOLE_SCRIPT = Path(sys.executable).with_name("pipework")
 
 APP_TASKS = '''
+import os
+import signal
+import sys
+
 from pipework import task
 
 
@@ -27,6 +39,25 @@ from pipework import task
 def shout(word: str, times: int = 2) -> str:
     """Repeat a word in capitals."""
     return " ".join([word.upper()] * times)
+
+
+@task
+def chatty(word: str) -> int:
+    print("said", word)
+    print("twice", word, flush=True)
+    sys.stderr.write("complained " + word + "\\n")
+    print("no newline at the end", end="")
+    return 3
+
+
+@task
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@task
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 '''
 
 
@@ -88,6 +119,45 @@ def test_serve_imports_the_task_module_from_the_current_directory(
     assert done["result"] == "HEY HEY"
 
 
+@pytest.mark.timeout(120)
+def test_daemon_logs_name_the_task_and_wrap_its_output(daemon: DaemonFactory, app: Path) -> None:
+    d = start_in(daemon, app, "--tasks", "mytasks", "--log-format", "json")
+    said = d.run("chatty", "hello")
+    assert said["state"] == "done", said
+    failed = d.run("boom", "no such file: a.png")
+    assert failed["state"] == "failed", failed
+    lost = d.run("die", retries=1)
+    assert lost["state"] == "quarantined", lost
+    message = lost["error"]["message"]
+    assert "died on each of its 2 attempts; last: worker pid" in message
+    assert "attempt 1" not in message, message
+    assert "running task" not in message, message  # the pool's own task number
+    d.stop()
+
+    lines = d.stderr_path.read_text().splitlines()
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"a raw line in the JSON log stream: {line!r}")
+    output = [e for e in events if e["event"] == "task output"]
+    assert {(e["stream"], e["line"]) for e in output} == {
+        ("stdout", "said hello"),
+        ("stdout", "twice hello"),
+        ("stderr", "complained hello"),
+        ("stdout", "no newline at the end"),
+    }
+    assert {e["task_id"] for e in output} == {said["task_id"]}
+    finished = [e for e in events if e["event"] == "task finished"]
+    boom_line = next(e for e in finished if e["task_id"] == failed["task_id"])
+    assert boom_line["error_type"] == "ValueError"
+    assert boom_line["error"] == "no such file: a.png"
+    deaths = [e for e in events if e["event"] == "worker died running a task"]
+    assert len(deaths) == 2, deaths
+    assert {e["task_id"] for e in deaths} == {lost["task_id"]}
+
+
 def test_serve_help_says_the_current_directory_is_searched() -> None:
     result = cli("serve", "--help")
     assert result.returncode == 0, result.stderr
@@ -114,3 +184,170 @@ def test_load_tasks_refuses_a_module_with_an_async_task(
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(TaskRegistryError, match=r"'fetch'.*async def"):
         load_tasks("asynctasks_pw")
+
+
+# -- the client commands against one daemon ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(module_daemons: DaemonFactory) -> Daemon:
+    """One daemon with the test tasks, shared by the command tests below."""
+    return module_daemons()
+
+
+def pw(d: Daemon | str, *args: str) -> subprocess.CompletedProcess[str]:
+    endpoint = d if isinstance(d, str) else d.endpoint
+    return cli(*args, "--endpoint", endpoint)
+
+
+def json_of(ran: subprocess.CompletedProcess[str]) -> Any:
+    assert ran.stdout.count("\n") == 1, f"not one JSON line: {ran.stdout!r} {ran.stderr!r}"
+    return json.loads(ran.stdout)
+
+
+def test_submit_of_an_unknown_name_shows_the_registered_ones(served: Daemon) -> None:
+    ran = pw(served, "submit", "nosuch", "1")
+    assert ran.returncode == 4, ran
+    assert "unknown_task" in ran.stderr
+    names = ran.stderr.split("the daemon runs:", 1)[1]
+    assert "add" in names
+    assert "echo" in names
+    assert "pipework tasks" in names
+
+
+def test_tasks_lists_the_registered_names_with_signatures(served: Daemon) -> None:
+    ran = pw(served, "tasks")
+    assert ran.returncode == 0, ran
+    assert "add(a: float, b: float) -> float" in ran.stdout
+    listed = json_of(pw(served, "tasks", "--json"))
+    by_name = {t["name"]: t for t in listed}
+    assert by_name["add"]["signature"] == "(a: float, b: float) -> float"
+    assert set(by_name) >= {"add", "echo", "fail", "gate", "sleep"}
+    assert [t["name"] for t in listed] == sorted(by_name)
+
+
+def test_json_is_one_task_shape_for_submit_status_result_cancel(served: Daemon) -> None:
+    queued = json_of(pw(served, "submit", "add", "2", "3", "--json"))
+    waited = json_of(pw(served, "submit", "add", "2", "4", "--wait", "20", "--json"))
+    status = json_of(pw(served, "status", waited["task_id"], "--json"))
+    result = json_of(pw(served, "result", waited["task_id"], "--json"))
+    assert queued["duplicate"] is False
+    assert waited["duplicate"] is False
+    assert waited["result"] == 6
+    assert set(queued) == set(waited)
+    assert set(status) == set(result) == set(waited) - {"duplicate"}
+    cancelled = json_of(pw(served, "cancel", waited["task_id"], "--json"))
+    assert cancelled["cancelled"] is False  # it had finished
+    assert set(cancelled) - {"cancelled"} == set(status)
+    assert "ok" not in waited
+
+
+def test_json_errors_go_to_stdout_too(served: Daemon, tmp_path: Path) -> None:
+    missing = pw(served, "result", "0" * 32, "--wait", "1", "--json")
+    assert missing.returncode == 4, missing
+    assert json_of(missing)["ok"] is False
+    assert json_of(missing)["error"]["code"] == "not_found"
+
+    held = json_of(pw(served, "submit", "sleep", "30", "--json"))
+    ran_out = pw(served, "result", held["task_id"], "--wait", "0.2", "--json")
+    assert ran_out.returncode == 5, ran_out
+    error = json_of(ran_out)["error"]
+    assert error["code"] == "timeout"
+    assert error["detail"]["task"]["task_id"] == held["task_id"]
+    assert pw(served, "cancel", held["task_id"]).returncode == 0
+
+    unknown = json_of(pw(served, "submit", "nosuch", "--json"))
+    assert unknown["error"]["code"] == "unknown_task"
+    assert "add" in unknown["error"]["detail"]["registered"]
+
+    bad = pw(served, "submit", "add", "--kwargs", "not json", "--json")
+    assert bad.returncode == 2, bad
+    assert json_of(bad)["error"]["code"] == "usage"
+    flag = pw(served, "stats", "--no-such-flag", "--json")
+    assert flag.returncode == 2, flag
+    assert json_of(flag)["error"]["code"] == "usage"
+
+    nobody = pw(f"ipc://{tmp_path}/nobody.sock", "stats", "--json")
+    assert nobody.returncode == 3, nobody
+    assert json_of(nobody)["error"]["code"] == "unavailable"
+
+
+def test_status_and_result_agree_on_a_failed_task(served: Daemon) -> None:
+    failed = pw(served, "submit", "fail", "boom", "--wait", "20", "--json")
+    assert failed.returncode == 1, failed
+    task_id = json_of(failed)["task_id"]
+    assert pw(served, "result", task_id).returncode == 1
+    assert pw(served, "status", task_id).returncode == 1
+    done = json_of(pw(served, "submit", "add", "1", "1", "--wait", "20", "--json"))
+    assert pw(served, "status", done["task_id"]).returncode == 0
+    assert pw(served, "result", done["task_id"]).returncode == 0
+
+
+def test_stats_prints_uptime_with_a_unit(served: Daemon) -> None:
+    ran = pw(served, "stats")
+    assert ran.returncode == 0, ran
+    uptime = next(line for line in ran.stdout.splitlines() if "uptime" in line)
+    assert uptime.split(":", 1)[1].strip().split()[-1] in {"s", "min"}, uptime
+
+
+# -- no daemon ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_client_without_a_daemon_fails_at_once_naming_the_missing_socket(
+    tmp_path: Path,
+) -> None:
+    endpoint = f"ipc://{tmp_path}/nobody.sock"
+    # A 10 s timeout with 2 resends waited 30 s before; the pytest bound is 30 s.
+    with Client(endpoint, timeout=10.0) as client, pytest.raises(Unavailable) as caught:
+        client.stats()
+    assert "does not exist" in caught.value.message
+    assert caught.value.waited == 0.0
+
+    async def ask() -> None:
+        async with AsyncClient(endpoint, timeout=10.0) as aclient:
+            await aclient.stats()
+
+    with pytest.raises(Unavailable, match="does not exist"):
+        asyncio.run(ask())
+
+    ran = cli("stats", "--endpoint", endpoint, "--timeout", "20")
+    assert ran.returncode == 3, ran
+    assert "does not exist" in ran.stderr
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_on_result_wait_exits_without_a_traceback(tmp_path: Path) -> None:
+    # A ROUTER that never answers stands in for a daemon holding the wait.
+    endpoint = f"ipc://{tmp_path}/silent.sock"
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    try:
+        proc = subprocess.Popen(
+            [str(CONSOLE_SCRIPT), "result", "0" * 32, "--wait", "30", "--endpoint", endpoint],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        try:
+            assert router.poll(20_000), "the command never sent its request"
+            router.recv_multipart()  # it is waiting for the reply now
+            os.kill(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    finally:
+        router.close(linger=0)
+        ctx.term()
+    assert "Traceback" not in err, err
+    assert "KeyboardInterrupt" not in err, err
+    assert proc.returncode == 130, (proc.returncode, out, err)
+    assert "interrupted" in err
