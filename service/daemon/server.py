@@ -1168,6 +1168,7 @@ class Daemon:
             from pipework.service.ops.status import StatusBoard, StatusServer  # noqa: PLC0415
 
             self._status = StatusBoard(__version__, journal=s.journal)
+            self._status.seed(self._journal_failures())  # one source with `pipework status`
             self._observe()
             try:
                 self._http.append(StatusServer(self._status, s.status_host, s.status_port))
@@ -1175,6 +1176,25 @@ class Daemon:
                 raise DaemonError(
                     f"cannot serve the status page on {s.status_host}:{s.status_port}: {exc}"
                 ) from exc
+
+    def _journal_failures(self) -> list[dict[str, Any]]:
+        from pipework.service.ops.status import FAILURE_STATES, RECENT_FAILURES  # noqa: PLC0415
+
+        assert self._journal is not None
+        out = []
+        for state in sorted(FAILURE_STATES):
+            for rec in self._journal.recent(state, RECENT_FAILURES):
+                out.append(
+                    {
+                        "task_id": rec.task_id,
+                        "task": rec.name,
+                        "state": rec.state,
+                        "attempts": rec.attempts,
+                        "finished_at": rec.finished_at,
+                        "error_json": rec.error_json,
+                    }
+                )
+        return out
 
     def _stop_observers(self) -> None:
         for server in self._http:

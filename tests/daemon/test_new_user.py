@@ -23,6 +23,7 @@ from pipework import AsyncClient, Client
 from pipework.protocol.errors import Unavailable
 from pipework.service.daemon.registry import TaskRegistryError, load_tasks, task
 from tests.daemon.conftest import Daemon, DaemonFactory, clean_env
+from tests.daemon.web import fetch, free_port
 
 RUN_TIMEOUT = 45.0
 CONSOLE_SCRIPT = Path(sys.executable).with_name("pipework")
@@ -351,3 +352,27 @@ def test_ctrl_c_on_result_wait_exits_without_a_traceback(tmp_path: Path) -> None
     assert "KeyboardInterrupt" not in err, err
     assert proc.returncode == 130, (proc.returncode, out, err)
     assert "interrupted" in err
+
+
+# -- the status page and `pipework status`: one source ----------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_status_page_and_cli_list_the_same_failures_across_a_restart(
+    daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal.sqlite"
+    first = daemon(journal=journal)
+    failed = first.run("fail", "before the restart")
+    assert failed["state"] == "failed", failed
+    first.stop()
+
+    port = free_port()
+    again = daemon("--status-port", str(port), journal=journal)
+    page = json.loads(fetch(port, "/status.json").body)
+    on_page = [f["task_id"] for f in page["failures"]]
+    assert failed["task_id"] in on_page
+    shown = json_of(pw(again, "status", "--json"))
+    assert [f["task_id"] for f in shown["failures"]] == on_page[: len(shown["failures"])]
+    listed = next(f for f in page["failures"] if f["task_id"] == failed["task_id"])
+    assert listed["error"]["message"] == "before the restart"
