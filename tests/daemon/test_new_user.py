@@ -159,6 +159,31 @@ def test_daemon_logs_name_the_task_and_wrap_its_output(daemon: DaemonFactory, ap
     assert {e["task_id"] for e in deaths} == {lost["task_id"]}
 
 
+@pytest.mark.timeout(60)
+def test_spawned_workers_find_a_module_from_the_current_directory(app: Path) -> None:
+    # -P: no script directory or cwd on sys.path, as under the console script.
+    script = (
+        "import sys\n"
+        "from pipework.service.daemon.registry import import_from_cwd, load_tasks\n"
+        "from pipework import WorkerService\n"
+        "import_from_cwd()\n"
+        "shout = load_tasks('mytasks')['shout']\n"
+        "with WorkerService(1, start_method='spawn') as pool:\n"
+        "    print(pool.submit(shout, 'spawn', 1).result(timeout=30))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-P", "-c", script],
+        cwd=app,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "SPAWN"
+
+
 def test_serve_help_says_the_current_directory_is_searched() -> None:
     result = cli("serve", "--help")
     assert result.returncode == 0, result.stderr
