@@ -11,8 +11,9 @@ turn every complete line into one event on the real stderr::
      "logger": "pipework.task", "timestamp": "2026-…Z"}
 
 or, when the daemon logs for a terminal, ``[6f1c0e2a9b8d] resizing a.png``.
-Only Python-level writes are caught: a C extension or a child process writing
-to file descriptor 1 or 2 directly still writes raw bytes.
+Only Python-level text writes are caught: ``sys.stdout.buffer``, a C
+extension or a child process writing to file descriptor 1 or 2 directly
+still write raw bytes.
 
 Imported by worker processes: keep it to the standard library.
 """
@@ -32,7 +33,10 @@ __all__ = ["run_task"]
 class _LineEvents:
     """A text stream that emits each complete line it is given as one event."""
 
-    def __init__(self, stream: str, task_id: str, task: str, as_json: bool, out: TextIO) -> None:
+    def __init__(
+        self, stream: str, task_id: str, task: str, as_json: bool, out: TextIO, original: TextIO
+    ) -> None:
+        self._original = original  # what fileno() and buffer reach: raw, unwrapped
         self._stream = stream
         self._task_id = task_id
         self._task = task
@@ -62,6 +66,13 @@ class _LineEvents:
 
     def isatty(self) -> bool:
         return False
+
+    def fileno(self) -> int:
+        return self._original.fileno()
+
+    @property
+    def buffer(self) -> Any:
+        return self._original.buffer
 
     def writable(self) -> bool:
         return True
@@ -109,8 +120,8 @@ def run_task(
     """
     real = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
     saved = sys.stdout, sys.stderr
-    out = _LineEvents("stdout", task_id, task, as_json, real)
-    err = _LineEvents("stderr", task_id, task, as_json, real)
+    out = _LineEvents("stdout", task_id, task, as_json, real, saved[0])
+    err = _LineEvents("stderr", task_id, task, as_json, real, saved[1])
     sys.stdout, sys.stderr = out, err
     try:
         return fn(*args, **kwargs)

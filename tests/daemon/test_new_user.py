@@ -22,6 +22,7 @@ import zmq
 from pipework import AsyncClient, Client
 from pipework.protocol.errors import Unavailable
 from pipework.service.daemon.registry import TaskRegistryError, load_tasks, task
+from pipework.service.daemon.task_output import run_task
 from tests.daemon.conftest import Daemon, DaemonFactory, clean_env
 from tests.daemon.web import fetch, free_port
 
@@ -401,3 +402,29 @@ def test_status_page_and_cli_list_the_same_failures_across_a_restart(
     assert [f["task_id"] for f in shown["failures"]] == on_page[: len(shown["failures"])]
     listed = next(f for f in page["failures"] if f["task_id"] == failed["task_id"])
     assert listed["error"]["message"] == "before the restart"
+
+
+# -- a task's prints, in process ------------------------------------------------------
+
+
+def _noisy(word: str) -> int:
+    print("one", word)
+    print("two", file=sys.stderr)
+    sys.stdout.fileno()  # libraries ask for it: it must not raise
+    return 7
+
+
+def test_run_task_turns_prints_into_events_and_restores_the_streams(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    before = sys.stdout, sys.stderr
+    assert run_task("t" * 32, "noisy", True, _noisy, ["x"], {}) == 7
+    assert (sys.stdout, sys.stderr) == before
+    events = [json.loads(line) for line in capfd.readouterr().err.splitlines()]
+    assert [(e["stream"], e["line"], e["task_id"]) for e in events] == [
+        ("stdout", "one x", "t" * 32),
+        ("stderr", "two", "t" * 32),
+    ]
+    with pytest.raises(ZeroDivisionError):
+        run_task("u" * 32, "boom", False, divmod, [1, 0], {})
+    assert (sys.stdout, sys.stderr) == before
