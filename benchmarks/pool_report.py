@@ -269,7 +269,7 @@ def _spread(entry: Mapping[str, Any], spec: str, repeats: int) -> str:
 
 
 def _met(met: bool | None) -> str:
-    return "—" if met is None else "yes" if met else "**no**"
+    return "—" if met is None else "yes" if met else "not yet"
 
 
 def render(
@@ -303,7 +303,7 @@ def render(
     lines += [
         "",
         "| row | pipework | value | best peer | peer value | pipework / best peer | floor "
-        "| floor value | pipework / floor | goal | met |",
+        "| floor value | pipework / floor | target | reached |",
         "|---|---|---:|---|---:|---:|---|---:|---:|---|---|",
     ]
     for line in summary:

@@ -496,7 +496,7 @@ def render(result: JSONDict) -> str:
     """The Markdown report: the table, how it was measured, what is missing, machine, commit."""
     plan = result["plan"]
     names = result["available"]
-    tail = ["pipework / best peer", "goal", "met"]
+    tail = ["pipework / best peer", "target", "reached"]
     lines = [
         "| " + " | ".join(["workload", "unit", *map(_label, names), *tail]) + " |",
         "|---|---|" + "---:|" * len(names) + "---:|---|---|",
@@ -506,7 +506,7 @@ def render(result: JSONDict) -> str:
             _cell_text(row["values"].get(n), row["spec"], n == row["best_peer"]) for n in names
         ]
         ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        met = {True: "met", False: "**short**", None: "—"}[row["met"]]
+        met = {True: "yes", False: "not yet", None: "—"}[row["met"]]
         lines.append(
             "| " + " | ".join([row["what"], row["unit"], *cells, ratio, row["goal"], met]) + " |"
         )

@@ -15,7 +15,12 @@ from __future__ import annotations
 import multiprocessing as mp
 from multiprocessing import shared_memory
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # the first README command installs pipework without it
+    raise SystemExit(
+        "this example needs numpy: pip install 'pipework[examples]' (or pip install numpy)"
+    ) from None
 
 SHAPE = (4_000_000,)
 DTYPE = np.float64

@@ -14,7 +14,12 @@ import multiprocessing as mp
 import pickle
 from multiprocessing.connection import Connection
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # the first README command installs pipework without it
+    raise SystemExit(
+        "this example needs numpy: pip install 'pipework[examples]' (or pip install numpy)"
+    ) from None
 
 
 def send_oob(conn: Connection, obj: object) -> None:

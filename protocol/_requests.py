@@ -38,6 +38,7 @@ from pipework.protocol.messages import (
     SubmitRequest,
     TaskDoneEvent,
     TaskInfo,
+    TasksRequest,
     TaskState,
     WorkersRequest,
 )
@@ -198,6 +199,14 @@ class RequestBuilder:
             The request.
         """
         return self._build(WorkersRequest, op="workers")
+
+    def tasks(self) -> TasksRequest:
+        """Build a tasks request.
+
+        Returns:
+            The request.
+        """
+        return self._build(TasksRequest, op="tasks")
 
     def _build(self, model: type[_M], **fields: Any) -> _M:
         try:

@@ -39,7 +39,7 @@ from pipework.protocol._requests import (
 )
 from pipework.protocol.codec import decode_reply, encode
 from pipework.protocol.curve import use_curve
-from pipework.protocol.endpoint import default_endpoint
+from pipework.protocol.endpoint import default_endpoint, missing_ipc_socket
 from pipework.protocol.errors import ErrorCode, ProtocolError, Unavailable
 from pipework.protocol.messages import (
     TERMINAL_STATES,
@@ -54,7 +54,9 @@ from pipework.protocol.messages import (
     SubmitReply,
     TaskDoneEvent,
     TaskInfo,
+    TasksReply,
     TaskState,
+    TaskSummary,
     WorkerInfo,
     WorkersReply,
 )
@@ -119,6 +121,9 @@ class AsyncClient:
                 self._context.term()
             raise
         self._closed = False
+        # Whether a daemon ever answered: until one has, a missing ipc:// socket
+        # file fails a request at once (no daemon); after, it may be a restart.
+        self._answered = False
         try:
             self._socket.connect(self.endpoint)
         except zmq.ZMQError as exc:
@@ -274,6 +279,18 @@ class AsyncClient:
         request = self._requests.workers()
         return expect(await self._exchange(request, self.timeout), WorkersReply).workers
 
+    async def tasks(self) -> builtins.list[TaskSummary]:
+        """The task names the daemon runs.
+
+        Returns:
+            Each registered task's name, signature and docstring's first line, by name.
+
+        Raises:
+            Unavailable: no reply after all resends.
+        """
+        request = self._requests.tasks()
+        return expect(await self._exchange(request, self.timeout), TasksReply).tasks
+
     async def call(
         self,
         task: str,
@@ -416,6 +433,8 @@ class AsyncClient:
             self._reader = asyncio.get_running_loop().create_task(
                 self._read_forever(), name=f"pipework-client-reader {self.endpoint}"
             )
+        if not self._answered and (reason := missing_ipc_socket(self.endpoint)):
+            raise Unavailable(self.endpoint, 0.0, request.id, reason)
         body = encode(request)
         reply: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.id] = reply
@@ -426,9 +445,11 @@ class AsyncClient:
                 with contextlib.suppress(zmq.Again):
                     await self._socket.send(body, zmq.NOBLOCK)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(reply), budget)
+                    answer = await asyncio.wait_for(asyncio.shield(reply), budget)
                 except TimeoutError:
                     continue
+                self._answered = True
+                return answer
         finally:
             del self._pending[request.id]
             if reply.done() and not reply.cancelled():

@@ -40,7 +40,7 @@ from pipework.protocol._requests import (
 )
 from pipework.protocol.codec import decode_reply, encode
 from pipework.protocol.curve import use_curve
-from pipework.protocol.endpoint import default_endpoint
+from pipework.protocol.endpoint import default_endpoint, missing_ipc_socket
 from pipework.protocol.errors import ErrorCode, ProtocolError, Unavailable
 from pipework.protocol.messages import (
     TERMINAL_STATES,
@@ -55,7 +55,9 @@ from pipework.protocol.messages import (
     SubmitReply,
     TaskDoneEvent,
     TaskInfo,
+    TasksReply,
     TaskState,
+    TaskSummary,
     WorkerInfo,
     WorkersReply,
 )
@@ -132,6 +134,9 @@ class Client:
         self._requests = RequestBuilder()
         self._events = EventBuffer()
         self._closed = False
+        # Whether a daemon ever answered: until one has, a missing ipc:// socket
+        # file fails a request at once (no daemon); after, it may be a restart.
+        self._answered = False
 
     # --- operations ---------------------------------------------------------
 
@@ -279,6 +284,18 @@ class Client:
         request = self._requests.workers()
         return expect(self._exchange(request, self.timeout), WorkersReply).workers
 
+    def tasks(self) -> builtins.list[TaskSummary]:
+        """The task names the daemon runs.
+
+        Returns:
+            Each registered task's name, signature and docstring's first line, by name.
+
+        Raises:
+            Unavailable: no reply after all resends.
+        """
+        request = self._requests.tasks()
+        return expect(self._exchange(request, self.timeout), TasksReply).tasks
+
     def call(
         self,
         task: str,
@@ -389,6 +406,8 @@ class Client:
         """Send ``request`` and return the reply with its id, resending on silence."""
         if self._closed:
             raise RuntimeError("the client is closed")
+        if not self._answered and (reason := missing_ipc_socket(self.endpoint)):
+            raise Unavailable(self.endpoint, 0.0, request.id, reason)
         body = encode(request)
         started = time.monotonic()
         for _ in range(self.resends + 1):
@@ -401,6 +420,7 @@ class Client:
                 if isinstance(message, TaskDoneEvent):
                     self._events.add(message)
                 elif message.id == request.id:
+                    self._answered = True
                     return message
                 else:
                     _log.debug("dropping a stale reply to request %s", message.id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ENDPOINT_ENV", "default_endpoint", "runtime_dir"]
+__all__ = ["ENDPOINT_ENV", "default_endpoint", "missing_ipc_socket", "runtime_dir"]
 
 ENDPOINT_ENV = "PIPEWORK_ENDPOINT"
 """The environment variable that overrides the endpoint, for daemon and clients alike."""
@@ -26,6 +26,26 @@ def runtime_dir() -> Path:
     if xdg:
         return Path(xdg) / "pipework"
     return Path(f"/tmp/pipework-{os.getuid()}")
+
+
+def missing_ipc_socket(endpoint: str) -> str | None:
+    """Why no daemon can be listening at an ``ipc://`` endpoint, or None if one may be.
+
+    A daemon bound to ``ipc://PATH`` has a socket file at PATH; when there is
+    none, nothing can answer, so a client can say so at once instead of
+    waiting out its timeout. Other transports return None.
+
+    Returns:
+        A sentence for the error message, or None.
+    """
+    if not endpoint.startswith("ipc://"):
+        return None
+    path = endpoint[len("ipc://") :]
+    if not path or path.startswith("@"):  # abstract namespace (Linux): no file to look at
+        return None
+    if not os.path.lexists(path):
+        return f"its socket file {path} does not exist"
+    return None
 
 
 def default_endpoint() -> str:

@@ -104,25 +104,37 @@ class Unavailable(ProtocolError):
         waited: seconds spent waiting across all attempts.
     """
 
-    def __init__(self, endpoint: str, waited: float, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        waited: float,
+        request_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
         """Build the error.
 
         Args:
             endpoint: the endpoint the client is connected to.
             waited: seconds spent waiting across all attempts.
             request_id: the id of the request that got no reply.
+            reason: why no daemon can be there, when the client knows without
+                asking (an ``ipc://`` socket file that does not exist).
         """
+        message = (
+            f"no daemon at {endpoint}: {reason}; is `pipework serve` running there?"
+            if reason
+            else f"no reply from {endpoint} within {waited:.2f} s; "
+            "is `pipework serve` running there?"
+        )
         super().__init__(
-            ErrorCode.UNAVAILABLE,
-            f"no reply from {endpoint} within {waited:.2f} s; is `pipework serve` running there?",
-            {"endpoint": endpoint, "waited": waited},
-            request_id,
+            ErrorCode.UNAVAILABLE, message, {"endpoint": endpoint, "waited": waited}, request_id
         )
         self.endpoint = endpoint
         self.waited = waited
+        self.reason = reason
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.endpoint, self.waited, self.request_id))
+        return (type(self), (self.endpoint, self.waited, self.request_id, self.reason))
 
 
 class TaskFailed(ProtocolError):

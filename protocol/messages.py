@@ -64,6 +64,9 @@ __all__ = [
     "TaskError",
     "TaskInfo",
     "TaskState",
+    "TaskSummary",
+    "TasksReply",
+    "TasksRequest",
     "WorkerInfo",
     "WorkersReply",
     "WorkersRequest",
@@ -72,7 +75,16 @@ __all__ = [
 PROTOCOL_VERSION = 1
 """The protocol version this package speaks (the ``v`` of every message)."""
 
-OPERATIONS: tuple[str, ...] = ("submit", "status", "result", "cancel", "list", "stats", "workers")
+OPERATIONS: tuple[str, ...] = (
+    "submit",
+    "status",
+    "result",
+    "cancel",
+    "list",
+    "stats",
+    "workers",
+    "tasks",
+)
 """Every request ``op`` of version 1."""
 
 
@@ -186,6 +198,12 @@ class WorkersRequest(_Request):
     op: Literal["workers"]
 
 
+class TasksRequest(_Request):
+    """The task names the daemon runs, each with its signature."""
+
+    op: Literal["tasks"]
+
+
 Request: TypeAlias = Annotated[
     SubmitRequest
     | StatusRequest
@@ -193,7 +211,8 @@ Request: TypeAlias = Annotated[
     | CancelRequest
     | ListRequest
     | StatsRequest
-    | WorkersRequest,
+    | WorkersRequest
+    | TasksRequest,
     Field(discriminator="op"),
 ]
 """Any request, told apart by ``op``."""
@@ -342,6 +361,21 @@ class WorkersReply(_Reply):
     workers: list[WorkerInfo]
 
 
+class TaskSummary(_Lenient):
+    """One registered task: its name, its Python signature as text, its docstring's first line."""
+
+    name: str
+    signature: str = ""
+    doc: str = ""
+
+
+class TasksReply(_Reply):
+    """The answer to ``tasks``, sorted by name."""
+
+    op: Literal["tasks"] = "tasks"
+    tasks: list[TaskSummary]
+
+
 class ErrorBody(_Lenient):
     """The ``error`` object of an error reply."""
 
@@ -393,6 +427,7 @@ Reply: TypeAlias = Annotated[
     | Annotated[ListReply, Tag("list")]
     | Annotated[StatsReply, Tag("stats")]
     | Annotated[WorkersReply, Tag("workers")]
+    | Annotated[TasksReply, Tag("tasks")]
     | Annotated[ErrorReply, Tag("error")],
     Discriminator(_message_tag),
 ]
@@ -406,6 +441,7 @@ _Incoming: TypeAlias = Annotated[
     | Annotated[ListReply, Tag("list")]
     | Annotated[StatsReply, Tag("stats")]
     | Annotated[WorkersReply, Tag("workers")]
+    | Annotated[TasksReply, Tag("tasks")]
     | Annotated[ErrorReply, Tag("error")]
     | Annotated[TaskDoneEvent, Tag("event:task_done")],
     Discriminator(_message_tag),

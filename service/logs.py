@@ -5,18 +5,42 @@ If the application configured structlog, events go through its processors
 Otherwise they go to the standard ``logging`` logger of the same name as
 ``event key=value ...``, so a library user's stdout is never written to and
 the usual logging configuration applies.
+
+An owner of a pool that has ids of its own (the daemon) puts the pool's task
+number -> its id in ``TASK_LABELS``; configured events then log that id as
+``task_id`` instead of the pool's internal number.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, Final
 
 import structlog
 
-__all__ = ["Logger", "configure", "get_logger"]
+__all__ = ["TASK_LABELS", "Logger", "configure", "get_logger", "json_output"]
 
 _configured_level = logging.NOTSET  # set by configure(); structlog then filters at this level
+_json_output = False  # set by configure()
+
+TASK_LABELS: Final[dict[int, str]] = {}
+"""A pool's task number -> the id its owner knows the task by (the daemon's task id)."""
+
+
+def _relabel(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """structlog processor: a pool task number in ``task_id`` becomes its owner's id."""
+    number = event.get("task_id")
+    if type(number) is int:
+        label = TASK_LABELS.get(number)
+        if label is not None:
+            event["task_id"] = label
+    return event
+
+
+def json_output() -> bool:
+    """Whether ``configure`` chose JSON lines (False before it is called, or for a console)."""
+    return _json_output
 
 
 class Logger:
@@ -78,16 +102,18 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
     """
     import sys  # noqa: PLC0415 - only the daemon configures logging
 
-    global _configured_level
+    global _configured_level, _json_output
     _configured_level = logging.getLevelNamesMapping()[level.upper()]
 
     console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
+    _json_output = not console
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _relabel,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.dict_tracebacks

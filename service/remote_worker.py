@@ -138,7 +138,9 @@ class WorkerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     connect: str = Field(description="the daemon's worker endpoint: tcp://HOST:PORT or ipc://PATH")
-    tasks: str = Field(description="the task module (the daemon's --tasks)")
+    tasks: str = Field(
+        description="the daemon's task module (the current directory is searched first)"
+    )
     slots: int = Field(
         default_factory=lambda: min(os.cpu_count() or 1, _MAX_SLOTS),
         ge=1,

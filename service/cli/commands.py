@@ -1,17 +1,32 @@
-"""The client-side commands of ``pipework``: submit, status, result, cancel, list, stats, workers.
+"""The client-side commands of ``pipework``: submit, status, result, cancel, list, stats,
+workers, tasks.
 
-Each talks to a running daemon through ``protocol.Client`` and prints either
-a few human lines or, with ``--json``, one JSON document (the reply's payload)
-for scripts. Exit codes are the same for every command:
+Each talks to a running daemon through ``protocol.Client`` and prints either a
+few human lines or, with ``--json``, exactly one JSON document on stdout, for
+scripts. One shape per command, errors included:
+
+| command | ``--json`` prints |
+|---|---|
+| ``submit`` | the task (a TaskInfo: as accepted, or finished with ``--wait``) + ``"duplicate"`` |
+| ``status``, ``result`` | the task (a TaskInfo) |
+| ``cancel`` | the task (a TaskInfo) + ``"cancelled"`` (false if it had already finished) |
+| ``list``, ``workers``, ``tasks`` | an array of TaskInfo / WorkerInfo / TaskSummary |
+| ``stats`` | the Stats object |
+| any, on an error | ``{"ok": false, "error": {"code", "message", "detail"}}`` |
+
+A TaskInfo has no ``ok`` key, so ``"ok": false`` tells an error apart (the exit
+code says it too). A ``--wait`` that runs out is the error ``timeout`` with the
+task as it was under ``detail.task``. Exit codes are the same for every command:
 
 | code | meaning |
 |---:|---|
-| 0 | done: the request succeeded (and a waited-for task ended ``done``) |
-| 1 | a waited-for task ended otherwise (failed, cancelled, timed_out, quarantined) |
+| 0 | done: the request succeeded (and the task, if it has ended, ended ``done``) |
+| 1 | the task ended other than ``done`` (``status``, ``result``, ``submit --wait``) |
 | 2 | usage error (bad arguments) |
 | 3 | no daemon answered (not running, wrong endpoint) |
 | 4 | the daemon answered with an error (unknown task, not found, invalid, ...) |
 | 5 | ``--wait`` ran out before the task finished |
+| 130 | interrupted (Ctrl-C) |
 """
 
 from __future__ import annotations
@@ -23,10 +38,12 @@ from typing import Any, TextIO
 
 from pipework.protocol.client import Client
 from pipework.protocol.errors import ErrorCode, ProtocolError, Unavailable
-from pipework.protocol.messages import TaskInfo
+from pipework.protocol.messages import TERMINAL_STATES, TaskInfo
+from pipework.service.cli.overview import duration
 
 __all__ = [
     "EXIT_DAEMON_ERROR",
+    "EXIT_INTERRUPTED",
     "EXIT_NOT_DONE",
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
@@ -35,11 +52,13 @@ __all__ = [
     "cancel",
     "list_tasks",
     "parse_arg",
+    "print_error",
     "result",
     "run_command",
     "stats",
     "status",
     "submit",
+    "tasks",
     "workers",
 ]
 
@@ -49,6 +68,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_DAEMON_ERROR = 4
 EXIT_WAIT_TIMEOUT = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 _RESENDS = 2
 
 
@@ -80,15 +100,25 @@ def _describe(task: TaskInfo, out: TextIO) -> None:
         )
 
 
-def _show(task: TaskInfo, as_json: bool, out: TextIO) -> None:
+def _show(task: TaskInfo, as_json: bool, out: TextIO, **extra: Any) -> None:
     if as_json:
-        _print_json(task.model_dump(mode="json"), out)
+        _print_json({**task.model_dump(mode="json"), **extra}, out)
     else:
         _describe(task, out)
 
 
 def _task_exit(task: TaskInfo) -> int:
-    return EXIT_OK if task.state == "done" else EXIT_NOT_DONE
+    """0 unless the task has ended other than ``done`` (a queued or running task is 0)."""
+    return EXIT_NOT_DONE if task.state in TERMINAL_STATES and task.state != "done" else EXIT_OK
+
+
+def print_error(
+    code: str, message: str, detail: dict[str, Any] | None, *, as_json: bool, out: TextIO
+) -> None:
+    """With ``--json``, the error document on stdout (stderr has the message anyway)."""
+    if as_json:
+        error = {"code": code, "message": message, "detail": detail or {}}
+        _print_json({"ok": False, "error": error}, out)
 
 
 def run_command(
@@ -99,8 +129,14 @@ def run_command(
     err: TextIO | None = None,
     *,
     keys: tuple[str | None, str | None] = (None, None),
+    as_json: bool = False,
 ) -> int:
-    """Open a client, run ``action``, and turn protocol failures into exit codes and messages."""
+    """Open a client, run ``action``, and turn protocol failures into exit codes and messages.
+
+    Errors go to ``err`` as a line, and with ``as_json`` also to ``out`` as the
+    error document, so a script reading stdout always gets one. Ctrl-C exits
+    130 with one line, no traceback.
+    """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
@@ -114,14 +150,25 @@ def run_command(
             server_key=keys[1],
         ) as client:
             return action(client, out)
+    except KeyboardInterrupt:
+        err.write("pipework: interrupted\n")
+        print_error("interrupted", "interrupted (Ctrl-C)", None, as_json=as_json, out=out)
+        return EXIT_INTERRUPTED
     except ValueError as exc:  # unusable keys or endpoint
         err.write(f"pipework: {exc}\n")
+        print_error("usage", str(exc), None, as_json=as_json, out=out)
         return EXIT_USAGE
     except Unavailable as exc:
         err.write(f"pipework: {exc.message}\n")
+        print_error(str(exc.code), exc.message, exc.detail, as_json=as_json, out=out)
         return EXIT_UNAVAILABLE
     except ProtocolError as exc:
         err.write(f"pipework: {exc.code}: {exc.message}\n")
+        registered = exc.detail.get("registered") if exc.detail else None
+        if exc.code == ErrorCode.UNKNOWN_TASK and isinstance(registered, list):
+            names = ", ".join(map(str, registered)) or "none"
+            err.write(f"pipework: the daemon runs: {names} (`pipework tasks` shows signatures)\n")
+        print_error(str(exc.code), exc.message, exc.detail, as_json=as_json, out=out)
         if exc.code == ErrorCode.TIMEOUT:
             return EXIT_WAIT_TIMEOUT
         return (
@@ -145,26 +192,26 @@ def submit(
     def action(client: Client, out: TextIO) -> int:
         reply = client.submit(task, args, kwargs, **options)
         if wait is None:
-            if as_json:
-                _print_json(reply.model_dump(mode="json"), out)
+            if as_json:  # the same document as with --wait: the task, as it is now
+                _show(client.status(reply.task_id), True, out, duplicate=reply.duplicate)
             else:
                 dup = " (duplicate: already submitted with this key)" if reply.duplicate else ""
                 out.write(f"{reply.task_id}  {reply.state}{dup}\n")
             return EXIT_OK
         info = client.result(reply.task_id, wait=wait)
-        _show(info, as_json, out)
+        _show(info, as_json, out, duplicate=reply.duplicate)
         return _task_exit(info)
 
     return action
 
 
 def status(task_id: str, *, as_json: bool) -> Callable[[Client, TextIO], int]:
-    """``pipework status``: a task's state, without waiting."""
+    """``pipework status``: a task's state, without waiting (exit 1 if it ended other than done)."""
 
     def action(client: Client, out: TextIO) -> int:
         info = client.status(task_id)
         _show(info, as_json, out)
-        return EXIT_OK
+        return _task_exit(info)
 
     return action
 
@@ -186,7 +233,7 @@ def cancel(task_id: str, *, as_json: bool) -> Callable[[Client, TextIO], int]:
     def action(client: Client, out: TextIO) -> int:
         reply = client.cancel(task_id)
         if as_json:
-            _print_json(reply.model_dump(mode="json"), out)
+            _show(reply.task, True, out, cancelled=reply.cancelled)
         elif reply.cancelled:
             out.write(f"{task_id}  cancelled\n")
         else:
@@ -220,12 +267,28 @@ def stats(*, as_json: bool) -> Callable[[Client, TextIO], int]:
             _print_json(st, out)
         else:
             for key, value in st.items():
-                shown = (
-                    "  ".join(f"{k}={v}" for k, v in value.items())
-                    if isinstance(value, dict)
-                    else value
-                )
+                if isinstance(value, dict):
+                    shown = "  ".join(f"{k}={v}" for k, v in value.items())
+                elif key == "uptime":
+                    shown = duration(value)
+                else:
+                    shown = value
                 out.write(f"{key:>10}: {shown}\n")
+        return EXIT_OK
+
+    return action
+
+
+def tasks(*, as_json: bool) -> Callable[[Client, TextIO], int]:
+    """``pipework tasks``: the task names the running daemon serves, with signatures."""
+
+    def action(client: Client, out: TextIO) -> int:
+        found = client.tasks()
+        if as_json:
+            _print_json([t.model_dump(mode="json") for t in found], out)
+        else:
+            for t in found:
+                out.write(f"{t.name}{t.signature}" + (f"\n    {t.doc}" if t.doc else "") + "\n")
         return EXIT_OK
 
     return action

@@ -33,7 +33,7 @@ from pipework.protocol.client import Client
 from pipework.protocol.errors import Unavailable
 from pipework.protocol.messages import TaskInfo
 
-__all__ = ["FAILURE_STATES", "gather", "overview", "render"]
+__all__ = ["FAILURE_STATES", "duration", "gather", "overview", "render"]
 
 FAILURE_STATES = ("failed", "timed_out", "quarantined")
 _FAILURES = 5
@@ -60,7 +60,8 @@ def _n(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds for people: ``0.3 s``, ``4 min 05 s``, ``3 h 12 min``."""
     seconds = max(seconds, 0.0)
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -84,7 +85,7 @@ def render(data: dict[str, Any], *, width: int | None = None, now: float | None 
     now = time.time() if now is None else now
     st = data["stats"]
     lines = [
-        f"pipework {st['version']} · up {_duration(st['uptime'])} · "
+        f"pipework {st['version']} · up {duration(st['uptime'])} · "
         f"journal {'on' if st['journal'] else 'off'}" + (" · DRAINING" if st["draining"] else ""),
         f"queue     {_n(st['queued'])} queued · {_n(st['running'])} in flight · "
         f"{_n(st['accepted'])} accepted · {_n(st['finished'])} finished since start",
@@ -97,7 +98,7 @@ def render(data: dict[str, Any], *, width: int | None = None, now: float | None 
     for w in workers:
         where = f"{w['remote']['host']}:{w['remote']['pid']}" if w["remote"] else "local"
         if w["task_id"]:
-            since = f"  {_duration(now - w['since'])}" if w["since"] else ""
+            since = f"  {duration(now - w['since'])}" if w["since"] else ""
             doing = f"{w['task'] or '?':<{name_width}}  {w['task_id']}{since}"
         else:
             doing = "idle"

@@ -5,7 +5,8 @@ pipework serve     run the daemon (docs/protocol.md) on embedded defaults or a c
 pipework submit    enqueue a task            pipework result   wait for a task's outcome
 pipework status    the daemon, or a task     pipework cancel   cancel a task
 pipework list      recent tasks              pipework stats    the daemon's counters
-pipework workers   worker processes          pipework demo     a daemon and a client, end to end
+pipework workers   worker processes          pipework tasks    the task names a daemon runs
+pipework demo      a daemon and a client, end to end
 pipework worker    serve a daemon's tasks from another host (a remote worker)
 pipework keys      generate CURVE key pairs for tcp:// endpoints
 pipework bench     measure: ipc (docs/ipc.md); pool, daemon vs peers (docs/performance.md)
@@ -39,7 +40,9 @@ def _serve(args: argparse.Namespace) -> int:
         DaemonSettings,
         load_settings,
     )
+    from pipework.service.daemon.registry import import_from_cwd  # noqa: PLC0415
 
+    import_from_cwd()  # --tasks mytasks finds ./mytasks.py, as celery -A and rq worker do
     try:
         settings = load_settings(args.config, **settings_given(args, DaemonSettings))
     except ConfigError as exc:
@@ -59,11 +62,9 @@ def _client(args: argparse.Namespace) -> int:
         try:
             kwargs = json.loads(args.kwargs)
         except ValueError as exc:
-            sys.stderr.write(f"pipework submit: --kwargs is not JSON: {exc}\n")
-            return control.EXIT_USAGE
+            return _usage(f"pipework submit: --kwargs is not JSON: {exc}", as_json)
         if not isinstance(kwargs, dict):
-            sys.stderr.write("pipework submit: --kwargs must be a JSON object\n")
-            return control.EXIT_USAGE
+            return _usage("pipework submit: --kwargs must be a JSON object", as_json)
         action = control.submit(
             args.task,
             [control.parse_arg(a) for a in args.args],
@@ -80,13 +81,13 @@ def _client(args: argparse.Namespace) -> int:
         from pipework.service.cli import overview  # noqa: PLC0415
 
         if args.watch is not None and not args.watch > 0:
-            sys.stderr.write("pipework status: --watch needs a number of seconds above 0\n")
-            return control.EXIT_USAGE
+            return _usage("pipework status: --watch needs a number of seconds above 0", as_json)
         action = overview.overview(as_json=as_json, watch=args.watch)
     elif command == "status":
         if args.watch is not None:
-            sys.stderr.write("pipework status: --watch redraws the overview; drop the task id\n")
-            return control.EXIT_USAGE
+            return _usage(
+                "pipework status: --watch redraws the overview; drop the task id", as_json
+            )
         action = control.status(args.task_id, as_json=as_json)
     elif command == "result":
         action = control.result(args.task_id, wait=args.wait, as_json=as_json)
@@ -96,11 +97,26 @@ def _client(args: argparse.Namespace) -> int:
         action = control.list_tasks(args.state, args.limit, as_json=as_json)
     elif command == "stats":
         action = control.stats(as_json=as_json)
+    elif command == "tasks":
+        action = control.tasks(as_json=as_json)
     else:
         action = control.workers(as_json=as_json)
     return control.run_command(
-        args.endpoint, args.timeout, action, keys=(args.secret_key, args.server_key)
+        args.endpoint,
+        args.timeout,
+        action,
+        keys=(args.secret_key, args.server_key),
+        as_json=as_json,
     )
+
+
+def _usage(message: str, as_json: bool) -> int:
+    """A usage error: the message on stderr, and the error document on stdout with --json."""
+    from pipework.service.cli import commands as control  # noqa: PLC0415
+
+    sys.stderr.write(message + "\n")
+    control.print_error("usage", message, None, as_json=as_json, out=sys.stdout)
+    return control.EXIT_USAGE
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -246,12 +262,21 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     ls.add_argument("--limit", type=int, default=20)
     commands.add_parser("stats", parents=[common], help="the daemon's counters")
     commands.add_parser("workers", parents=[common], help="worker processes and their tasks")
-    for name in ("submit", "status", "cancel", "result", "list", "stats", "workers"):
+    commands.add_parser(
+        "tasks",
+        parents=[common],
+        help="the task names the daemon runs, with signatures",
+        description="Ask the running daemon which task names it serves (its --tasks module), "
+        "each with its signature and docstring's first line. It asks the daemon rather than "
+        "importing a module here, so it shows what a submit can use; with no daemon it exits 3.",
+    )
+    for name in ("submit", "status", "cancel", "result", "list", "stats", "workers", "tasks"):
         commands.choices[name].set_defaults(handler=_client)
 
 
 def _worker(args: argparse.Namespace) -> int:
     from pipework.service import logs  # noqa: PLC0415
+    from pipework.service.daemon.registry import import_from_cwd  # noqa: PLC0415
     from pipework.service.remote_worker import (  # noqa: PLC0415
         RemoteWorker,
         RemoteWorkerError,
@@ -259,6 +284,7 @@ def _worker(args: argparse.Namespace) -> int:
         worker_settings,
     )
 
+    import_from_cwd()
     given = settings_given(args, WorkerSettings)
     for name in ("secret_key", "server_key"):  # as the client commands: flag, else variable
         variable = os.environ.get(f"PIPEWORK_{name.upper()}")
@@ -330,8 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipework",
         description="A process pool and task daemon that survives worker deaths.",
-        epilog="Exit codes: 0 ok, 1 task not done, 2 usage, 3 no daemon answered, "
-        "4 error reply, 5 wait ran out.",
+        epilog="Exit codes: 0 ok, 1 the task ended other than done, 2 usage, 3 no daemon "
+        "answered, 4 error reply, 5 wait ran out, 130 interrupted. With --json, stdout gets "
+        'one JSON document, errors included ({"ok": false, "error": {...}}).',
     )
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
     _add_serve(commands)
@@ -370,7 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2): report, don't exit
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+        if code and "--json" in (sys.argv[1:] if argv is None else argv):
+            from pipework.service.cli.commands import print_error  # noqa: PLC0415
+
+            print_error("usage", "bad arguments; see --help", None, as_json=True, out=sys.stdout)
+        return code
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 

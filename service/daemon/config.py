@@ -59,7 +59,8 @@ class DaemonSettings(BaseSettings):
     )
     tasks: str = Field(
         default="pipework.service.daemon.example_tasks",
-        description="module whose @task functions may be run",
+        description="module whose @task functions may run; the current directory is searched "
+        "first, so ./mytasks.py is --tasks mytasks (no PYTHONPATH needed)",
     )
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,

@@ -22,6 +22,7 @@ from pipework.service.errors import (
     ServiceClosed,
     TaskTimeout,
     WorkerLost,
+    describe_exitcode,
 )
 
 __all__ = ["Outcome", "OutcomeState", "canonical_json", "outcome_of", "outcome_of_value"]
@@ -76,6 +77,18 @@ def outcome_of_value(value: Any, max_bytes: int, worker_pid: int | None = None) 
     return Outcome("done", result_json=result_json, worker_pid=worker_pid)
 
 
+def worker_lost_message(pid: int | None, exitcode: int | None) -> str:
+    """How a worker died, for a daemon task's error (no pool task number or attempt in it:
+    the daemon counts attempts itself, the pool's would always say 1)."""
+    if exitcode is not None and exitcode < 0:
+        cause = f"was killed by {describe_exitcode(exitcode)}"
+    elif exitcode is None:
+        cause = "disappeared"
+    else:
+        cause = f"exited with {describe_exitcode(exitcode)}"
+    return f"worker pid {pid} {cause} while running the task"
+
+
 def outcome_of(future: Future[Any], max_bytes: int) -> Outcome:
     """The outcome of a finished ``WorkerService`` future (cancelled counts as interrupted)."""
     pid: int | None = getattr(future, "worker_pid", None)
@@ -87,13 +100,22 @@ def outcome_of(future: Future[Any], max_bytes: int) -> Outcome:
     if isinstance(exc, WorkerLost):
         return Outcome(
             "worker_lost",
-            error=_error("WorkerLost", str(exc)),
+            error=_error(
+                "WorkerLost",
+                worker_lost_message(exc.pid, exc.exitcode)
+                + "; it may have crashed the interpreter, called os._exit, run out of memory, "
+                "or been killed from outside",
+            ),
             worker_pid=exc.pid,
             exitcode=exc.exitcode,
             signal=exc.signal,
         )
     if isinstance(exc, TaskTimeout):
-        return Outcome("timed_out", error=_error("TaskTimeout", str(exc)), worker_pid=exc.pid)
+        message = (
+            f"ran longer than its {exc.timeout:g} s timeout; "
+            f"worker pid {exc.pid} was killed and replaced"
+        )
+        return Outcome("timed_out", error=_error("TaskTimeout", message), worker_pid=exc.pid)
     if isinstance(exc, RemoteError):
         return Outcome(
             "failed", error=_error(exc.type_name, exc.message, exc.traceback), worker_pid=pid

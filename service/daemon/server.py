@@ -64,12 +64,18 @@ from pipework.protocol.messages import (
     StatsRequest,
     StatusRequest,
     SubmitRequest,
+    TasksRequest,
     WorkersRequest,
 )
 from pipework.service.daemon.config import DaemonSettings
 from pipework.service.daemon.journal import TERMINAL, Journal, JournalError, TaskRecord
-from pipework.service.daemon.outcomes import Outcome, canonical_json, outcome_of
-from pipework.service.daemon.registry import load_tasks
+from pipework.service.daemon.outcomes import (
+    Outcome,
+    canonical_json,
+    outcome_of,
+    worker_lost_message,
+)
+from pipework.service.daemon.registry import describe, load_tasks
 from pipework.service.daemon.replies import (
     Peer,
     dumps,
@@ -87,9 +93,10 @@ from pipework.service.daemon.security import (
     needs_curve,
 )
 from pipework.service.daemon.sessions import RemoteEvent, RemoteWorkers
+from pipework.service.daemon.task_output import run_task
 from pipework.service.errors import PipeworkError
 from pipework.service.executor import TaskOptions, WorkerService
-from pipework.service.logs import get_logger
+from pipework.service.logs import TASK_LABELS, get_logger, json_output
 from pipework.service.ops.notify import Notifier
 from pipework.service.waker import Waker
 
@@ -230,6 +237,7 @@ class Daemon:
         self._monitors: list[zmq.Socket[Any]] = []
         self._local_running = 0
         self._waker = Waker()
+        self._json_logs = json_output()  # how run_task writes a task's prints
         self._completions: SimpleQueue[tuple[str, Future[Any]]] = SimpleQueue()
         self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, task_id)
         self._delayed: list[tuple[float, int, str]] = []  # (not_before, seq, task_id)
@@ -641,7 +649,16 @@ class Daemon:
             return self._ok(request, stats=self._stats())
         if isinstance(request, WorkersRequest):
             return self._ok(request, workers=self._workers())
+        if isinstance(request, TasksRequest):
+            return self._ok(request, tasks=self._task_summaries())
         raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
+
+    def _task_summaries(self) -> list[dict[str, str]]:
+        out = []
+        for name in sorted(self._tasks):
+            signature, doc = describe(self._tasks[name])
+            out.append({"name": name, "signature": signature, "doc": doc})
+        return out
 
     def _get(self, task_id: str) -> TaskRecord:
         assert self._journal is not None
@@ -928,7 +945,9 @@ class Daemon:
             options = self._options.get(timeout)
             if options is None:
                 options = self._options[timeout] = self._pool.options(timeout=timeout, retries=0)
-            future = options.submit(fn, *args, **kwargs)
+            # run_task: the task's prints become log events with its id (task_output).
+            future = options.submit(run_task, task_id, rec.name, self._json_logs, fn, args, kwargs)
+            TASK_LABELS[future.task_id] = task_id  # pool log lines name the daemon's id
             run.future = future
             self._local_running += 1
             future._pw_listen(functools.partial(self._completed, task_id))
@@ -951,6 +970,7 @@ class Daemon:
                 task_id, future = self._completions.get_nowait()
             except Empty:
                 return
+            TASK_LABELS.pop(getattr(future, "task_id", -1), None)
             run = self._running.get(task_id)
             if run is None or run.future is not future:
                 continue  # cancelled by a client, or taken back at drain: settled already
@@ -1000,12 +1020,11 @@ class Daemon:
             self._journal.requeue(rec.task_id, entry)
             self._enqueue(rec, 0.0, run.seq)  # not held: its history just grew
             return
-        last = outcome.error["message"] if outcome.error else "worker lost"
-        message = (
-            f"its worker died on each of its {losses} attempts; last: {last}"
-            if losses > 1
-            else last
-        )
+        if losses > 1:
+            last = worker_lost_message(outcome.worker_pid, outcome.exitcode)
+            message = f"its worker died on each of its {losses} attempts; last: {last}"
+        else:
+            message = outcome.error["message"] if outcome.error else "worker lost"
         error = {"type": "WorkerLost", "message": message, "traceback": ""}
         self._finish(
             rec,
@@ -1051,15 +1070,27 @@ class Daemon:
                 finished_at=at,
                 error_json=error_json,
             )
-        log = _log.debug if state == "done" else _log.info  # one line per task is noise
-        log(
-            "task finished",
-            task_id=rec.task_id,
-            task=rec.name,
-            state=state,
-            worker_pid=worker_pid,
-            attempt=attempts,
-        )
+        if state == "done":
+            _log.debug(  # one line per task is noise
+                "task finished",
+                task_id=rec.task_id,
+                task=rec.name,
+                state=state,
+                worker_pid=worker_pid,
+                attempt=attempts,
+            )
+        else:
+            error = {} if error_json is None else json.loads(error_json)
+            _log.info(
+                "task finished",
+                task_id=rec.task_id,
+                task=rec.name,
+                state=state,
+                error_type=error.get("type"),
+                error=error.get("message"),
+                worker_pid=worker_pid,
+                attempt=attempts,
+            )
         waiters = self._waiters.pop(rec.task_id, [])
         peers = self._notify.pop(rec.task_id, [])
         if not waiters and not peers:
@@ -1126,6 +1157,7 @@ class Daemon:
             from pipework.service.ops.status import StatusBoard, StatusServer  # noqa: PLC0415
 
             self._status = StatusBoard(__version__, journal=s.journal)
+            self._status.seed(self._journal_failures())  # one source with `pipework status`
             self._observe()
             try:
                 self._http.append(StatusServer(self._status, s.status_host, s.status_port))
@@ -1133,6 +1165,25 @@ class Daemon:
                 raise DaemonError(
                     f"cannot serve the status page on {s.status_host}:{s.status_port}: {exc}"
                 ) from exc
+
+    def _journal_failures(self) -> list[dict[str, Any]]:
+        from pipework.service.ops.status import FAILURE_STATES, RECENT_FAILURES  # noqa: PLC0415
+
+        assert self._journal is not None
+        out = []
+        for state in sorted(FAILURE_STATES):
+            for rec in self._journal.recent(state, RECENT_FAILURES):
+                out.append(
+                    {
+                        "task_id": rec.task_id,
+                        "task": rec.name,
+                        "state": rec.state,
+                        "attempts": rec.attempts,
+                        "finished_at": rec.finished_at,
+                        "error_json": rec.error_json,
+                    }
+                )
+        return out
 
     def _stop_observers(self) -> None:
         for server in self._http:

@@ -15,6 +15,11 @@ again (a reference swap is atomic in CPython), and encodes it. So a slow or
 hostile browser cannot stall the daemon, and the page costs the loop one
 small dict a few times a second, whatever the request rate.
 
+The recent failures come from the journal, as ``pipework status`` takes
+them: the daemon seeds the board with the journal's newest failures when it
+starts (``seed``), then adds each one as it happens, so the page and the CLI
+list the same tasks, across restarts too (until ``result_ttl`` prunes them).
+
 The page is read-only: GET and HEAD only (anything else: 405), two paths
 (anything else: 404). It shows task names, error messages and tracebacks,
 which can carry whatever a task's arguments held: ``status_host`` must be a
@@ -127,8 +132,18 @@ class StatusBoard:
         self._roll(time.monotonic())
         self._filling += 1
         self._states[state] = self._states.get(state, 0) + 1
-        if state not in FAILURE_STATES:
-            return
+        if state in FAILURE_STATES:
+            self._remember_failure(task_id, task, state, attempts, finished_at, error_json)
+
+    def _remember_failure(
+        self,
+        task_id: str,
+        task: str,
+        state: str,
+        attempts: int,
+        finished_at: float,
+        error_json: str | None,
+    ) -> None:
         error: dict[str, str] = {"type": "Error", "message": "", "traceback": ""}
         if error_json is not None:
             with contextlib.suppress(ValueError):
@@ -151,6 +166,24 @@ class StatusBoard:
                 "error": error,
             }
         )
+
+    def seed(self, failures: Sequence[Mapping[str, Any]]) -> None:
+        """Start the recent failures from the journal's: dicts of ``finished``'s arguments.
+
+        Args:
+            failures: ``task_id``, ``task``, ``state``, ``attempts``, ``finished_at``
+                and ``error_json`` of each, in any order; the newest are kept.
+        """
+        newest = sorted(failures, key=lambda f: f["finished_at"] or 0.0)[-RECENT_FAILURES:]
+        for f in newest:
+            self._remember_failure(
+                f["task_id"],
+                f["task"],
+                f["state"],
+                f["attempts"],
+                f["finished_at"],
+                f["error_json"],
+            )
 
     def due(self, now: float) -> bool:
         """Whether a snapshot is due at monotonic time ``now``."""

@@ -231,7 +231,7 @@ function renderFailures(s) {
     }
     return li;
   });
-  if (!items.length) items.push(el("li", "empty", "no failures since the daemon started"));
+  if (!items.length) items.push(el("li", "empty", "no failures in the journal"));
   list.replaceChildren(...items);
 }
 

@@ -89,7 +89,7 @@ def test_quick_run_measures_every_cell(tmp_path: Path) -> None:
             (to_floor, line["ratio_to_floor"], ".2f"),
         ):
             assert cell == ("—" if number is None else format(number, fmt)), (cells, line)
-        assert cells[10] in ({"yes", "**no**"} if line["met"] is not None else {"—"})
+        assert cells[10] in ({"yes", "not yet"} if line["met"] is not None else {"—"})
     # Each row's detail table lists every cell of the row.
     for key, info in ROWS.items():
         detail = _table(markdown.split(f"**{key}: {info.title}**", 1)[1], "| contender |")

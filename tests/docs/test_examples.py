@@ -177,3 +177,32 @@ def test_example_runs(name: str) -> None:
         assert "Traceback" not in err, report
     assert "leaked" not in err, report  # shared memory or semaphores not cleaned up
     assert not leftovers, f"{name} left processes running: {leftovers}"
+
+
+@pytest.mark.parametrize("name", ["15_shared_memory.py", "16_pickle5_zero_copy.py"])
+def test_numpy_examples_say_how_to_get_numpy(name: str, tmp_path: Path) -> None:
+    # A numpy that fails to import stands in for a venv made by the first README command.
+    (tmp_path / "numpy").mkdir()
+    (tmp_path / "numpy" / "__init__.py").write_text("raise ImportError('no numpy here')\n")
+    ran = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert ran.returncode == 1, ran
+    assert "pipework[examples]" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+def test_examples_extra_installs_numpy() -> None:
+    import tomllib  # noqa: PLC0415
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(dep.startswith("numpy") for dep in extras["examples"])
+    assert "[examples]" in (EXAMPLES / "README.md").read_text()

@@ -9,6 +9,7 @@ at teardown with a bounded join.
 from __future__ import annotations
 
 import asyncio
+import socket
 import tempfile
 import threading
 import time
@@ -185,7 +186,18 @@ def test_a_lost_request_is_resent_with_the_same_id(
     assert reply.id == first.id
 
 
+def _stale_socket(endpoint: str) -> None:
+    """A socket file nobody listens on, as a daemon killed with -9 leaves it.
+
+    Without any file the client fails at once (tests/daemon/test_new_user.py);
+    with one, a daemon may be restarting there, so the client resends.
+    """
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(endpoint.removeprefix("ipc://"))
+
+
 def test_no_daemon_is_unavailable_after_the_resends(endpoint: str) -> None:
+    _stale_socket(endpoint)
     with Client(endpoint, timeout=0.2, resends=2) as client:
         started = time.monotonic()
         with pytest.raises(Unavailable) as info:
@@ -349,6 +361,8 @@ def test_async_concurrent_requests_answered_out_of_order(
 def test_async_resend_unavailable_and_call(
     serve: Callable[[Handler], FakeDaemon], endpoint: str
 ) -> None:
+    _stale_socket(endpoint)
+
     async def no_daemon() -> float:
         async with AsyncClient(endpoint, timeout=0.2, resends=1) as client:
             started = time.monotonic()
