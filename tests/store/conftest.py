@@ -15,9 +15,11 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from pipework.service.daemon.store import Store
+from pipework.service.daemon.store.postgres import PostgresStore
 from tests.support.postgres import PostgresCluster, PostgresUnavailable
 
 BACKENDS = ["postgres"]
@@ -64,14 +66,10 @@ class PostgresBackend(Backend):
         self.url = cluster.url(dbname)
 
     def open(self, **kwargs: Any) -> Store:
-        from pipework.service.daemon.store.postgres import PostgresStore
-
         return PostgresStore(self.url, **kwargs)
 
     def sql(self, query: str, params: Any = None) -> list[Any]:
         """Run one statement on a connection of the test's own; its rows (or [])."""
-        import psycopg
-
         with psycopg.connect(self.url, autocommit=True) as conn:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []

@@ -31,6 +31,8 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
+
 SERVER_USER = "pipework-test"
 SUPERUSER = "pipework"
 
@@ -66,7 +68,14 @@ def _server_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SERVER_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVER_USER,
+            ],
             check=True,
             capture_output=True,
             timeout=30,
@@ -160,8 +169,6 @@ class PostgresCluster:
 
     def create_database(self) -> str:
         """A new empty database; returns its name."""
-        import psycopg
-
         name = f"t_{uuid.uuid4().hex[:16]}"
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
@@ -169,8 +176,6 @@ class PostgresCluster:
 
     def drop_database(self, name: str) -> None:
         """Drop ``name``, ending any session still connected to it."""
-        import psycopg
-
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

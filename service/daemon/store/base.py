@@ -275,6 +275,11 @@ class Store(Protocol):
         """The lease owner this store claims as."""
         ...
 
+    @property
+    def migrated(self) -> list[int]:
+        """The schema versions this store applied when it opened (empty if none were due)."""
+        ...
+
     def accept(self, submits: Sequence[Submit]) -> list[Accepted]:
         """Accept a batch of submits in one transaction, idempotently by key.
 
@@ -356,5 +361,7 @@ def lease_lost_entry(attempt: int, daemon_id: str, at: float) -> dict[str, Any]:
 
 def quarantine_error(losses: int, last: str) -> dict[str, str]:
     """The error of a task quarantined after ``losses`` lost attempts, the last as ``last``."""
-    message = f"its worker died on each of its {losses} attempts; last: {last}" if losses > 1 else last
+    message = (
+        f"its worker died on each of its {losses} attempts; last: {last}" if losses > 1 else last
+    )
     return {"type": "WorkerLost", "message": message, "traceback": ""}

@@ -335,14 +335,22 @@ class PostgresStore:
         self._lease_ttl = float(lease_ttl)
         self._host = socket.gethostname()
         self._conn: psycopg.Connection[Any] | None = None
-        self.migrated: list[int] = []
-        """The schema versions this store applied when it opened (empty if none were due)."""
-        self._open(migrate)
+        self._migrated: list[int] = []
+        try:
+            self._open(migrate)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def daemon_id(self) -> str:
         """The lease owner this store claims as."""
         return self._daemon_id
+
+    @property
+    def migrated(self) -> list[int]:
+        """The schema versions this store applied when it opened (empty if none were due)."""
+        return list(self._migrated)
 
     @property
     def lease_ttl(self) -> float:
@@ -420,9 +428,9 @@ class PostgresStore:
                     f" VALUES (%s, {_NOW}, %s)",
                     (version, self._daemon_id),
                 )
-                self.migrated.append(version)
-        if self.migrated:
-            _log.info("store %s migrated to schema %s", self.name, self.migrated[-1])
+                self._migrated.append(version)
+        if self._migrated:
+            _log.info("store %s migrated to schema %s", self.name, self._migrated[-1])
 
     def close(self) -> None:
         """Close the connection; idempotent. The lease is left to expire."""
@@ -570,7 +578,9 @@ class PostgresStore:
         """
         for item in items:
             if item.state not in TERMINAL:
-                raise ValueError(f"finish needs a terminal state {sorted(TERMINAL)}, not {item.state!r}")
+                raise ValueError(
+                    f"finish needs a terminal state {sorted(TERMINAL)}, not {item.state!r}"
+                )
             self._check_owner(item.run.owner)
         if not items:
             return []
