@@ -213,9 +213,10 @@ SET state = u.state, lease_owner = CASE WHEN u.state = 'queued' THEN NULL ELSE t
     finished_at = CASE WHEN u.state = 'queued' THEN NULL ELSE {_NOW} END,
     error_json = u.error_json,
     history = t.history || jsonb_build_array(u.entry::jsonb)
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
-     AS u(task_id, state, error_json, entry)
-WHERE t.task_id = u.task_id AND t.state = 'running'
+FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[])
+     AS u(task_id, attempt, owner, state, error_json, entry)
+WHERE t.task_id = u.task_id AND t.state = 'running' AND t.attempts = u.attempt
+  AND t.lease_owner = u.owner
 RETURNING {_TCOLS}
 """
 _DROP_EXPIRED: Final = f"""
@@ -648,6 +649,8 @@ class PostgresStore:
             cur.execute(_ORPHANS, (limit,))
             orphans = cur.fetchall()
             ids: list[str] = []
+            attempts: list[int] = []
+            owners: list[str] = []
             states: list[str] = []
             errors: list[str | None] = []
             entries: list[str] = []
@@ -655,6 +658,8 @@ class PostgresStore:
                 entry = lease_lost_entry(int(attempt), str(owner), float(now))
                 losses = len(json.loads(history_json)) + 1
                 ids.append(task_id)
+                attempts.append(int(attempt))
+                owners.append(str(owner))
                 entries.append(json.dumps(entry, separators=(",", ":")))
                 if losses <= retries:
                     states.append("queued")
@@ -669,7 +674,7 @@ class PostgresStore:
                     )
             recovered: list[TaskRecord] = []
             if ids:
-                cur.execute(_RECOVER, (ids, states, errors, entries))
+                cur.execute(_RECOVER, (ids, attempts, owners, states, errors, entries))
                 recovered = [_record(row) for row in cur.fetchall()]
             cur.execute(_DROP_EXPIRED)
         if any(r.state == "queued" for r in recovered):
