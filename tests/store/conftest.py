@@ -20,7 +20,12 @@ import pytest
 
 from pipework.service.daemon.store import Store
 from pipework.service.daemon.store.postgres import PostgresStore
-from tests.support.postgres import PostgresCluster, PostgresUnavailable
+from tests.support.postgres import (
+    PostgresCluster,
+    PostgresUnavailable,
+    find_bindir,
+    session_cluster,
+)
 
 BACKENDS = ["postgres"]
 
@@ -28,17 +33,15 @@ BACKENDS = ["postgres"]
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PostgresCluster]:
     try:
-        cluster = PostgresCluster()
+        find_bindir()
     except PostgresUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the PostgreSQL store tests, but {exc}")
         pytest.skip(str(exc))
-    try:
-        cluster.start()
-        print(f"\nPostgreSQL test cluster started in {cluster.start_seconds:.2f} s")
+    with session_cluster() as cluster:
+        if cluster.start_seconds:
+            print(f"\nPostgreSQL test cluster started in {cluster.start_seconds:.2f} s")
         yield cluster
-    finally:
-        cluster.stop()
 
 
 class Backend:

@@ -15,12 +15,19 @@ refuses to run as root, so under root (CI) the server runs as the system user
 ``stop()`` is ``pg_ctl stop -m immediate`` then the directory is removed; it is
 idempotent and also runs from ``atexit``, so a failing session leaves nothing.
 ``create_database()`` gives each test a fresh database of its own.
+
+``session_cluster()`` is what the fixtures use: under pytest-xdist, the
+workers of one run share one cluster (named after the run's id, started by the
+first worker to get ``init.lock``, stopped by the last to leave: each worker
+holds a shared ``flock`` on ``users.lock`` while it uses the cluster), so a
+run pays for one initdb, not one per worker. Without xdist, a private one.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import glob
 import os
 import pwd
@@ -29,7 +36,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import psycopg
 
@@ -86,17 +95,23 @@ def _server_user() -> pwd.struct_passwd | None:
 class PostgresCluster:
     """One PostgreSQL server in a temp directory, reachable only by its unix socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self.bindir = find_bindir()
-        self.root = Path(tempfile.mkdtemp(prefix="pipework-pg-"))
+        self._private = root is None
+        if root is None:
+            root = Path(tempfile.mkdtemp(prefix="pipework-pg-"))
+        else:
+            root.mkdir(mode=0o700, exist_ok=True)
+        self.root = root
         self.data = self.root / "data"
         self.sock = self.root / "sock"
         self.log = self.root / "log"
         self._user = _server_user()
         self._running = False
         self.start_seconds = 0.0
-        """How long initdb + start took (reported, never asserted)."""
-        atexit.register(self.stop)
+        """How long initdb + start took (reported, never asserted); 0 if it was running."""
+        if self._private:
+            atexit.register(self.stop)
 
     def _run(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         user = None if self._user is None else self._user.pw_uid
@@ -114,10 +129,24 @@ class PostgresCluster:
             env={**os.environ, "LC_ALL": "C", "LANG": "C"},
         )
 
+    def is_running(self) -> bool:
+        """Whether a server is running on this cluster's data directory."""
+        if not (self.data / "postmaster.pid").exists():
+            return False
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "status", "--pgdata", str(self.data))
+        except subprocess.CalledProcessError:
+            return False
+        return True
+
     def start(self) -> PostgresCluster:
-        """initdb and start the server; return self once it accepts connections."""
+        """initdb and start the server (or use the one running); return self once it is up."""
+        if self.is_running():
+            self._running = True
+            return self
         began = time.monotonic()
-        self.sock.mkdir(mode=0o700)
+        shutil.rmtree(self.data, ignore_errors=True)  # a server that died left it half used
+        self.sock.mkdir(mode=0o700, exist_ok=True)
         if self._user is not None:
             for path in (self.root, self.sock):
                 os.chown(path, self._user.pw_uid, self._user.pw_gid)
@@ -198,3 +227,58 @@ class PostgresCluster:
                 )
         shutil.rmtree(self.root, ignore_errors=True)
         atexit.unregister(self.stop)
+
+
+_LOCK_FILES: list[IO[str]] = []
+
+
+def _drop_inherited_locks() -> None:
+    # A forked child (a pool worker) would otherwise keep the run's cluster "in use".
+    for f in _LOCK_FILES:
+        with contextlib.suppress(OSError):
+            f.close()
+    _LOCK_FILES.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+@contextlib.contextmanager
+def session_cluster() -> Iterator[PostgresCluster]:
+    """A cluster for this test session, shared by the xdist workers of one run."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run_id:
+        cluster = PostgresCluster()
+        try:
+            yield cluster.start()
+        finally:
+            cluster.stop()
+        return
+    root = Path(tempfile.gettempdir()) / f"pipework-pg-{run_id[:16]}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    init = open(root / "init.lock", "a+")  # noqa: SIM115 - held for the whole session
+    users = open(root / "users.lock", "a+")  # noqa: SIM115
+    _LOCK_FILES.extend((init, users))
+    try:
+        fcntl.flock(init, fcntl.LOCK_EX)
+        try:
+            cluster = PostgresCluster(root).start()
+            fcntl.flock(users, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(init, fcntl.LOCK_UN)
+        try:
+            yield cluster
+        finally:
+            fcntl.flock(init, fcntl.LOCK_EX)
+            fcntl.flock(users, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # another worker still uses it: the last one stops it
+            else:
+                cluster.stop()
+    finally:
+        for f in (init, users):
+            if f in _LOCK_FILES:
+                _LOCK_FILES.remove(f)
+            f.close()
