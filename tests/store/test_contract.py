@@ -322,6 +322,26 @@ def test_each_expired_run_is_recovered_once(backend: Backend, make_store: MakeSt
         assert len(json.loads(rec.history_json)) == 1
 
 
+def test_cancel_queued_only_touches_a_queued_task(make_store: MakeStore) -> None:
+    store = make_store()
+    store.accept([sub("running"), sub("finished"), sub("waiting")])
+    running, finished = store.claim(["add"], 2)
+    store.finish([Finish(finished.ref, "done", result_json="1")])
+    error = '{"message":"cancelled by a client","traceback":"","type":"Cancelled"}'
+    rec = store.cancel_queued("waiting", error)
+    assert rec is not None
+    assert (rec.state, rec.error_json) == ("cancelled", error)
+    assert rec.finished_at is not None
+    before = [store.get("running"), store.get("finished")]
+    assert store.cancel_queued("running", error) is None  # its owner cancels it
+    assert store.cancel_queued("finished", error) is None
+    assert store.cancel_queued("waiting", error) is None  # cancelled already
+    assert store.cancel_queued("nope", error) is None
+    assert [store.get("running"), store.get("finished")] == before
+    assert store.claim(["add"], 10) == []
+    assert store.finish([Finish(running.ref, "cancelled", error_json=error)])[0] is not None
+
+
 # -- hints ----------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@
      ├── claim(names, n) ──▶ due tasks, state running, lease owner = this daemon, attempt + 1
      ├── heartbeat() ─────▶ this daemon's lease row: every run it holds stays its own
      ├── finish / requeue(run) ── only if (task, attempt, owner) still match (the fence)
+     ├── cancel_queued(task) ─▶ a queued task, by any daemon
      │                                                       └──▶ hint "finished" (after commit)
      ├── recover() ───────▶ runs whose owner's lease expired: queued again, or quarantined
      └── get / by_key / recent / counts / next_due / prune(batch)
@@ -70,6 +71,11 @@ error; ``requeue`` puts it back to ``queued`` (a worker died under it with
 retries left, or the daemon is draining), appending a history entry if given.
 Deciding between the two after a worker death is the caller's, with
 ``is_quarantined`` below; ``recover()`` uses the same rule.
+
+**cancel_queued(task_id, error_json).** A ``queued`` task becomes ``cancelled``
+with that error, whichever daemon asks; a task in any other state is left as
+it is and ``None`` returned (a running task is cancelled by its owner, which
+then finishes its run as ``cancelled`` through the fence).
 
 **recover(limit).** Runs whose owner holds no live lease (it expired, or the
 owner row is gone) are settled as if their worker died: a history entry
@@ -305,6 +311,10 @@ class Store(Protocol):
 
     def requeue(self, items: Sequence[Requeue]) -> list[bool]:
         """Put runs back in the queue; ``False`` for an item whose fence no longer holds."""
+        ...
+
+    def cancel_queued(self, task_id: str, error_json: str) -> TaskRecord | None:
+        """Cancel a task that is still queued; None (and no change) if it is not queued."""
         ...
 
     def recover(self, limit: int = 1000) -> list[TaskRecord]:

@@ -197,6 +197,11 @@ WHERE t.task_id = u.task_id AND t.state = 'running' AND t.attempts = u.attempt
   AND t.lease_owner = %s
 RETURNING t.task_id
 """
+_CANCEL: Final = f"""
+UPDATE pipework.tasks SET state = 'cancelled', finished_at = {_NOW}, error_json = %s
+WHERE task_id = %s AND state = 'queued'
+RETURNING {_COLS}
+"""
 _ORPHANS: Final = f"""
 SELECT t.task_id, t.attempts, t.retries, t.history::text, t.lease_owner, {_NOW}
 FROM pipework.tasks t
@@ -635,6 +640,17 @@ class PostgresStore:
     def _check_owner(self, owner: str) -> None:
         if owner != self._daemon_id:
             raise ValueError(f"run of daemon {owner!r} settled through daemon {self._daemon_id!r}")
+
+    @_db_errors
+    def cancel_queued(self, task_id: str, error_json: str) -> TaskRecord | None:
+        """Cancel a task that is still queued; None (and no change) if it is not queued."""
+        with self._transaction() as cur:
+            cur.execute(_CANCEL, (error_json, task_id))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        self._hint(FINISHED_CHANNEL, [task_id])
+        return _record(row)
 
     @_db_errors
     def recover(self, limit: int = 1000) -> list[TaskRecord]:
