@@ -116,6 +116,29 @@ def test_concurrent_accepts_of_one_key_make_one_task(
     assert stores[0].counts()["queued"] == 1
 
 
+def test_batches_holding_keys_in_opposite_orders_both_settle(
+    backend: Backend, make_store: MakeStore
+) -> None:
+    need_multi(backend)
+    keys = [f"k{i:02}" for i in range(40)]
+    one, two = make_store(daemon_id="one"), make_store(daemon_id="two")
+    for rnd in range(3):
+        barrier = threading.Barrier(2)
+
+        def submit(
+            store: Store, order: list[str], tag: str, rnd: int = rnd, barrier=barrier
+        ) -> list:
+            barrier.wait(timeout=10)
+            return store.accept([sub(f"{tag}{rnd}-{k}", key=f"{rnd}{k}") for k in order])
+
+        with ThreadPoolExecutor(2) as ex:
+            a = ex.submit(submit, one, keys, "a")
+            b = ex.submit(submit, two, keys[::-1], "b")
+            answers = a.result(timeout=60) + b.result(timeout=60)
+        assert sorted(x.status for x in answers) == ["accepted"] * 40 + ["duplicate"] * 40
+    assert one.counts()["queued"] == 120
+
+
 # -- claim ----------------------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar, final
 
 import psycopg
+import psycopg.errors
 from psycopg import conninfo as _conninfo
 
 from pipework.service.daemon.store.base import (
@@ -259,6 +260,8 @@ _CONNECT_DEFAULTS: Final = {
     "keepalives_count": 3,
 }
 
+_DEADLOCK_RETRIES: Final = 5
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -289,11 +292,11 @@ def _db_errors(
     def wrapper(self: PostgresStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
-        except psycopg.OperationalError as exc:
-            self._drop_connection()
-            raise StoreUnavailable(self.name, f"{method.__name__}() failed: {exc}") from exc
         except psycopg.Error as exc:
-            if self._conn is not None and self._conn.broken:
+            conn = self._conn
+            # A deadlock or a cancelled statement is an OperationalError too, on a
+            # connection that still works: only a lost connection means "unavailable".
+            if conn is None or conn.closed or conn.broken:
                 self._drop_connection()
                 raise StoreUnavailable(self.name, f"{method.__name__}() failed: {exc}") from exc
             raise StoreError(self.name, f"{method.__name__}() failed: {exc}") from exc
@@ -466,8 +469,43 @@ class PostgresStore:
             if s.key is not None:
                 first.setdefault(s.key, i)
         fresh = [s for i, s in enumerate(submits) if s.key is None or first[s.key] == i]
-        mine: dict[str, TaskRecord] = {}  # task_id -> new record
-        holders: dict[str, TaskRecord] = {}  # key -> record already holding it
+        # Two batches inserting the same keys in opposite orders wait for each other
+        # (each waits to see whether the other's row commits): PostgreSQL aborts one
+        # with a deadlock, and that one runs again and finds the keys held.
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                mine, holders = self._insert_batch(fresh)
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+                _log.info("accept deadlocked with another batch; trying again")
+        out: list[Accepted] = []
+        for s in submits:
+            new = mine.get(s.task_id)
+            if new is not None:
+                out.append(Accepted("accepted", new))
+                continue
+            assert s.key is not None
+            held = holders.get(s.key)
+            if held is None:  # a later submit of this batch with a key an earlier one took
+                held = mine[submits[first[s.key]].task_id]
+            same = (held.name, held.args_json, held.kwargs_json) == (
+                s.name,
+                s.args_json,
+                s.kwargs_json,
+            )
+            out.append(Accepted("duplicate" if same else "key_conflict", held))
+        if mine:
+            self._hint(QUEUED_CHANNEL, sorted({r.name for r in mine.values()}))
+        return out
+
+    def _insert_batch(
+        self, fresh: Sequence[Submit]
+    ) -> tuple[dict[str, TaskRecord], dict[str, TaskRecord]]:
+        """Insert ``fresh`` in one transaction: (task_id -> new record, key -> holder)."""
+        mine: dict[str, TaskRecord] = {}
+        holders: dict[str, TaskRecord] = {}
         with self._transaction() as cur:
             todo = fresh
             # A held key whose holder is pruned before we read it is free again: try again.
@@ -505,25 +543,7 @@ class PostgresStore:
                 todo = [s for s in lost if s.key not in holders]
             if todo:
                 raise StoreError(self.name, f"cannot settle keys {[s.key for s in todo]!r}")
-        out: list[Accepted] = []
-        for s in submits:
-            new = mine.get(s.task_id)
-            if new is not None:
-                out.append(Accepted("accepted", new))
-                continue
-            assert s.key is not None
-            held = holders.get(s.key)
-            if held is None:  # a later submit of this batch with a key an earlier one took
-                held = mine[submits[first[s.key]].task_id]
-            same = (held.name, held.args_json, held.kwargs_json) == (
-                s.name,
-                s.args_json,
-                s.kwargs_json,
-            )
-            out.append(Accepted("duplicate" if same else "key_conflict", held))
-        if mine:
-            self._hint(QUEUED_CHANNEL, sorted({r.name for r in mine.values()}))
-        return out
+        return mine, holders
 
     @_db_errors
     def claim(self, names: Collection[str], limit: int) -> list[Run]:
