@@ -9,6 +9,7 @@ uses short real leases and waits for them with a bound, never a clock mock.
 from __future__ import annotations
 
 import json
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -375,6 +376,9 @@ def test_listener_hears_queued_and_finished(backend: Backend, make_store: MakeSt
     try:
         assert listener.fileno() >= 0
         worker.accept([sub("t")])
+        # The descriptor wakes a poll loop (the daemon's) before wait() is called.
+        readable, _, _ = select.select([listener.fileno()], [], [], 10.0)
+        assert readable == [listener.fileno()]
         events = wait_until(lambda: listener.wait(5.0))
         assert [e.kind for e in events] == ["queued"]
         [run] = worker.claim(["add"], 1)
