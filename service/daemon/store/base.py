@@ -57,7 +57,10 @@ run it owns is held by that one lease: the daemon renews all of them with one
 write. ``heartbeat()`` returns the lease, with the runs the store still credits
 to this daemon; a run missing from it was taken back by ``recover()`` and its
 result will be refused, so the daemon should stop it (or at least not wait
-for it).
+for it). A daemon times its own lease from when it *sent* its last successful
+renewal, on its own monotonic clock, and treats the lease as lost ``lease_ttl``
+seconds after that, whatever ``expires_at`` says: so neither clock skew nor a
+slow reply makes it believe it holds a lease another daemon may have taken.
 
 **finish(runs) / requeue(runs).** One transaction for the batch. Each item is
 recorded only if its fence still holds: the task is ``running``, its
