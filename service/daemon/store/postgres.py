@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import os
 import socket
 import uuid
@@ -70,10 +69,11 @@ from pipework.service.daemon.store.base import (
     lease_lost_entry,
     quarantine_error,
 )
+from pipework.service.logs import get_logger
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresListener", "PostgresStore"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger("pipework.store")
 
 QUEUED_CHANNEL: Final = "pipework_queued"
 FINISHED_CHANNEL: Final = "pipework_finished"
@@ -411,7 +411,7 @@ class PostgresStore:
         try:
             self._db().execute(_NOTIFY, (channel, list(payloads)))
         except psycopg.Error as exc:
-            _log.warning("cannot send %s hints: %s", channel, exc)
+            _log.warning("cannot send store hints", channel=channel, error=str(exc))
             self._drop_connection()
 
     @_db_errors
@@ -455,7 +455,7 @@ class PostgresStore:
                 )
                 self._migrated.append(version)
         if self._migrated:
-            _log.info("store %s migrated to schema %s", self.name, self._migrated[-1])
+            _log.info("store schema migrated", store=self.name, versions=self._migrated)
 
     def close(self) -> None:
         """Close the connection; idempotent. The lease is left to expire."""
@@ -495,7 +495,7 @@ class PostgresStore:
             except psycopg.errors.DeadlockDetected:
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise
-                _log.info("accept deadlocked with another batch; trying again")
+                _log.info("accept deadlocked with another batch; trying again", attempt=attempt + 1)
         out: list[Accepted] = []
         for s in submits:
             new = mine.get(s.task_id)
@@ -839,7 +839,7 @@ class PostgresListener:
             try:
                 self._connect()
             except psycopg.Error as exc:
-                _log.warning("listener cannot reconnect to %s: %s", self.name, exc)
+                _log.warning("store listener cannot reconnect", store=self.name, error=str(exc))
                 return [Event("resync")]
             return [Event("resync")]
         try:
@@ -847,7 +847,7 @@ class PostgresListener:
             if notes:  # whatever else already arrived, without waiting
                 notes.extend(conn.notifies(timeout=0.0))
         except psycopg.Error as exc:
-            _log.warning("listener lost its connection to %s: %s", self.name, exc)
+            _log.warning("store listener lost its connection", store=self.name, error=str(exc))
             with contextlib.suppress(psycopg.Error):
                 conn.close()
             self._conn = None
