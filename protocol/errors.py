@@ -49,6 +49,7 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "timeout"
     DRAINING = "draining"
     QUEUE_FULL = "queue_full"
+    JOURNAL_UNAVAILABLE = "journal_unavailable"
     INTERNAL = "internal"
     # Client-only: never sent by the daemon.
     UNAVAILABLE = "unavailable"

@@ -280,6 +280,8 @@ class Stats(_Lenient):
     states: dict[str, int] = Field(default_factory=dict)
     accepted: int
     finished: int
+    journal_error: str | None = None
+    """Why the journal cannot write now (submits get ``journal_unavailable``), or None."""
 
 
 class RemoteInfo(_Lenient):

@@ -8,26 +8,31 @@
 (e) a resend       the same idempotency key twice: one task, the second reply says duplicate
 ```
 
-If a daemon already answers at the endpoint the demo uses it and leaves it
-running; otherwise it starts ``pipework serve`` with no flags, and stops it
-with SIGTERM at the end (it drains and exits 0). Every scene checks its own
-outcome; ``run`` returns 1 if any check failed.
+The demo starts its own ``pipework serve`` (embedded defaults otherwise) in a
+private runtime directory of its own, with its own socket and journal, and
+stops it with SIGTERM at the end (it drains and exits 0); the directory goes
+with it. It never touches the user's default endpoint or journal: its tasks
+do not show up in their ``stats``, and a daemon already running there is left
+alone. Every scene checks its own outcome; ``run`` returns 1 if any check
+failed.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TextIO
 
 from pipework.protocol.client import Client
-from pipework.protocol.endpoint import default_endpoint
 from pipework.protocol.errors import ProtocolError, TaskFailed, Unavailable
 
 __all__ = ["run"]
@@ -61,23 +66,34 @@ def _answers(endpoint: str) -> bool:
 
 
 @contextmanager
-def _daemon(endpoint: str, checks: _Checks) -> Iterator[None]:
-    """A daemon at ``endpoint`` for the demo's duration: the running one, or one started here."""
-    if _answers(endpoint):
-        checks.say(f"using the daemon already serving at {endpoint}")
-        yield
-        return
-    checks.say(f"starting `pipework serve` (embedded defaults) at {endpoint}")
+def _daemon(home: Path, checks: _Checks) -> Iterator[str]:
+    """A daemon of the demo's own in ``home`` (a private directory); yields its endpoint."""
+    endpoint = f"ipc://{home / 'pipework.sock'}"
+    journal = home / "journal.sqlite3"
+    checks.say(f"starting `pipework serve` in a private directory: {endpoint}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPEWORK_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipework", "serve", "--log-level", "error"],
+        [
+            sys.executable,
+            "-m",
+            "pipework",
+            "serve",
+            "--endpoint",
+            endpoint,
+            "--journal",
+            str(journal),
+            "--log-level",
+            "error",
+        ],
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     try:
         deadline = time.monotonic() + _START_WAIT
         while not _answers(endpoint):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the daemon did not start (exit code {proc.poll()})")
-        yield
+        yield endpoint
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -159,13 +175,17 @@ def _scenes(client: Client, checks: _Checks) -> None:
 def run(out: TextIO | None = None) -> int:
     """Run the demo, printing to ``out`` (default stdout); 0 if every check held."""
     checks = _Checks(sys.stdout if out is None else out)
-    endpoint = default_endpoint()
+    # mkdtemp makes it 0700, as the daemon requires of an ipc:// directory. Short
+    # prefix: an ipc:// path is limited to about 107 bytes.
+    home = Path(tempfile.mkdtemp(prefix="pw-demo-"))
     try:
-        with _daemon(endpoint, checks), Client(endpoint, timeout=10.0) as client:
+        with _daemon(home, checks) as endpoint, Client(endpoint, timeout=10.0) as client:
             _scenes(client, checks)
     except (RuntimeError, ProtocolError) as exc:
         checks.say(f"UNEXPECTED: {exc}")
         return 1
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     if checks.failed:
         checks.say(f"demo done: {checks.failed} check(s) failed")
         return 1

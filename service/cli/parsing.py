@@ -49,7 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"pipework serve: {exc}\n")
         return 2
     logs.configure(settings.log_format, settings.log_level)
-    return daemon.serve(settings)
+    return daemon.serve(settings, journal_recover=args.journal_recover)
 
 
 def _client(args: argparse.Namespace) -> int:
@@ -187,6 +187,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from pipework.service.daemon.config import DaemonSettings  # noqa: PLC0415
 
     add_settings_flags(p, DaemonSettings, aliases={"journal_path": ["--journal"]})
+    p.add_argument(
+        "--journal-recover",
+        action="store_true",
+        help="if the journal fails its check at start (exit 4), keep the damaged files "
+        "aside and start on a new journal of every task still readable",
+    )
     p.set_defaults(handler=_serve)
 
 

@@ -53,6 +53,26 @@ so that after a large backlog drains, ``prune()`` hands most of the free
 pages back to the file system. The WAL is truncated back to
 ``WAL_SIZE_LIMIT`` after each checkpoint.
 
+**A full disk** (or any write error) never loses what was acknowledged: the
+open transaction is rolled back, ``flush()`` raises ``JournalUnavailable``
+naming the inserted tasks that are not durable (the caller must refuse those
+submits), and every other write since the last commit (``started``,
+``requeue``, ``finish``) is kept in memory and replayed into the next
+transaction, so reads still see it and the next successful ``flush()`` makes
+it durable. ``failure`` says why the last commit failed, until one succeeds.
+
+**Damage.** Every commit also counts itself in the ``meta`` table, and the
+count of the last commit is written into the lock file (a ``pwrite``, no
+fsync). At open, before anything is written, a read-only connection runs
+``PRAGMA quick_check`` (``integrity_check`` for files up to
+``FULL_CHECK_BYTES``) and compares the two counts: a journal whose check
+fails, or that holds fewer commits than the lock file says were made (its
+``-wal`` file was deleted, truncated, corrupted or replaced after an unclean
+stop), is refused with ``JournalDamaged`` and left untouched. ``salvage()``
+keeps the damaged files aside and builds a new journal from every row still
+readable. A clean ``close()`` checkpoints the WAL into the main file
+(``wal_checkpoint(TRUNCATE)``), so a stopped journal is one file.
+
 **Schema versions.** ``PRAGMA user_version`` holds the schema version and
 ``PRAGMA application_id`` marks the file as a pipework journal; a journal
 written by a newer pipework, or an SQLite file that is not a journal, is
@@ -68,7 +88,10 @@ import functools
 import json
 import operator
 import os
+import re
 import sqlite3
+import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, final
@@ -80,10 +103,13 @@ __all__ = [
     "STATES",
     "TERMINAL",
     "Journal",
+    "JournalDamaged",
     "JournalError",
     "JournalLocked",
     "JournalSync",
+    "JournalUnavailable",
     "TaskRecord",
+    "salvage",
 ]
 
 JournalSync = Literal["full", "normal", "off"]
@@ -94,7 +120,7 @@ TERMINAL: Final = frozenset({"done", "failed", "cancelled", "timed_out", "quaran
 STATES: Final = ("queued", "running", "done", "failed", "cancelled", "timed_out", "quarantined")
 """Every state a task can be in, in life order (the keys of ``Journal.counts()``)."""
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema this module writes (``PRAGMA user_version``)."""
 
 APPLICATION_ID: Final = 0x70697065
@@ -103,6 +129,13 @@ APPLICATION_ID: Final = 0x70697065
 WAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 """Bytes the WAL file is truncated back to after a checkpoint (``journal_size_limit``)."""
 
+FULL_CHECK_BYTES: Final = 16 * 1024 * 1024
+"""Journals up to this size get ``PRAGMA integrity_check`` at open; larger ones ``quick_check``."""
+
+_SALVAGE: Final = (
+    "It is left untouched; `pipework serve --journal-recover` keeps the damaged files "
+    "aside and starts on a new journal holding every task still readable"
+)
 _CACHE_KIB: Final = 16 * 1024
 _BUSY_TIMEOUT: Final = 5.0
 # Free pages kept for reuse after a prune; beyond this, prune vacuums the excess away.
@@ -147,7 +180,7 @@ class JournalError(PipeworkError):
         reason: what went wrong.
     """
 
-    _fields = ("path", "reason")
+    _fields: tuple[str, ...] = ("path", "reason")
 
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
@@ -165,6 +198,29 @@ class JournalLocked(JournalError):
             or f"another live process holds its lock ({path}.lock); "
             "is another pipework daemon running on this journal?",
         )
+
+
+class JournalUnavailable(JournalError):
+    """The journal cannot take writes now (disk full, I/O error): nothing since the last
+    successful ``flush()`` is durable.
+
+    Attributes:
+        lost: the ids of the tasks inserted since the last successful flush: they are
+            not in the journal; whoever accepted them must refuse them.
+    """
+
+    _fields = ("path", "reason", "lost")
+
+    def __init__(self, path: str, reason: str, lost: tuple[str, ...] = ()) -> None:
+        self.lost = lost
+        super().__init__(path, reason)
+
+
+class JournalDamaged(JournalError):
+    """The journal failed its check at open, or is missing commits: refused, left untouched.
+
+    ``salvage(path)`` keeps the damaged files aside and rebuilds from what is readable.
+    """
 
 
 _FIELDS: Final = tuple(f.name for f in dataclasses.fields(TaskRecord))
@@ -196,9 +252,25 @@ CREATE TABLE tasks (
 CREATE UNIQUE INDEX tasks_key ON tasks (key) WHERE key IS NOT NULL;
 CREATE INDEX tasks_state ON tasks (state);
 CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE meta (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    commits INTEGER NOT NULL
+);
+INSERT INTO meta (id, commits) VALUES (1, 0);
 PRAGMA user_version = {SCHEMA_VERSION};
 PRAGMA application_id = {APPLICATION_ID};
 """
+# Version 1 had no meta table: it counted no commits.
+_MIGRATE_1_TO_2: Final = """
+CREATE TABLE meta (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    commits INTEGER NOT NULL
+);
+INSERT INTO meta (id, commits) VALUES (1, 0);
+PRAGMA user_version = 2;
+"""
+_BUMP: Final = "UPDATE meta SET commits = ? WHERE id = 1"
+_SIDECAR_SIZE: Final = 64
 
 # One SQL string per statement: sqlite3 caches the prepared statement by its text.
 _INSERT: Final = (
@@ -217,6 +289,7 @@ _FINISH_H: Final = (
     " history_json = ? WHERE task_id = ?"
 )
 _HISTORY: Final = "SELECT history_json FROM tasks WHERE task_id = ?"
+_RECOVER: Final = "UPDATE tasks SET state = 'queued' WHERE state = 'running'"
 _GET: Final = f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?"
 _BY_KEY: Final = f"SELECT {_COLUMNS} FROM tasks WHERE key = ?"
 _UNFINISHED: Final = (
@@ -326,13 +399,23 @@ class Journal:
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         self._writes = 0
-        self._lost = 0  # writes rolled back by an error; flush() raises for them
-        self._lost_cause = ""
+        # Since the last successful commit: tasks inserted, and the other writes, as
+        # calls that redo them (replayed into a new transaction after a rollback).
+        self._inserted: list[str] = []
+        self._redo: list[Callable[[sqlite3.Connection], int]] = []
+        self._replay = False  # the redo list is not in the open transaction: replay it
+        self._lost: list[str] = []  # inserted tasks an error rolled back; flush() raises
+        self._failure: str | None = None
+        self._commits = 0
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise JournalError(self._name, f"cannot open: {exc}") from exc
+        except OSError as exc:  # a read-only or foreign-owned directory, lock or file
+            self.close()
+            where = f" {exc.filename}" if exc.filename else ""
+            raise JournalError(self._name, f"cannot open:{where}: {exc.strerror or exc}") from exc
         except BaseException:
             self.close()
             raise
@@ -347,6 +430,16 @@ class Journal:
         """The ``sync`` mode this journal was opened with."""
         return self._sync
 
+    @property
+    def failure(self) -> str | None:
+        """Why the last commit failed (disk full...), until one succeeds; None when writable."""
+        return self._failure
+
+    @property
+    def commits(self) -> int:
+        """Commits made to this journal since it was created (the ``meta`` count)."""
+        return self._commits
+
     def _open(self) -> None:
         if self._path is None:
             self._conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -355,6 +448,7 @@ class Journal:
             directory = os.path.dirname(os.path.abspath(path))
             _make_dirs(directory)
             self._lock(path + ".lock")
+            made = self._read_sidecar()
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except FileExistsError:
@@ -365,6 +459,7 @@ class Journal:
                 os.close(fd)
                 if self._sync != "off":
                     _fsync_dir(directory)
+            self._check_damage(path, made)
             self._conn = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT)
         conn = self._conn
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -391,6 +486,10 @@ class Journal:
             raise JournalError(self._name, f"has an unknown schema version {version}")
         else:
             self._set_wal()
+            if version == 1:
+                conn.executescript(f"BEGIN IMMEDIATE; {_MIGRATE_1_TO_2} COMMIT;")
+        self._commits = conn.execute("SELECT commits FROM meta WHERE id = 1").fetchone()[0]
+        self._write_sidecar()
         conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
@@ -402,6 +501,83 @@ class Journal:
         mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise JournalError(self._name, f"cannot switch to WAL mode (got {mode!r})")
+
+    def _read_sidecar(self) -> int | None:
+        """The commit count the lock file holds, or None (a new or older journal)."""
+        assert self._lock_fd is not None
+        text = os.pread(self._lock_fd, _SIDECAR_SIZE, 0).decode("ascii", "replace")
+        match = re.match(r"pipework journal: (\d+) commits\n", text)
+        return int(match.group(1)) if match else None
+
+    def _write_sidecar(self) -> None:
+        if self._lock_fd is None:
+            return
+        line = f"pipework journal: {self._commits} commits\n".encode()
+        # Best effort: a count that is behind (disk full) only weakens the check.
+        with contextlib.suppress(OSError):
+            os.pwrite(self._lock_fd, line.ljust(_SIDECAR_SIZE - 1) + b"\n", 0)
+
+    def _check_damage(self, path: str, made: int | None) -> None:
+        """Refuse a journal that fails SQLite's check or lost commits; read only, writes nothing.
+
+        Read-only, so that a refused journal is left exactly as it was found (a
+        read-write connection would checkpoint and delete the -wal file on close).
+        """
+        size = os.path.getsize(path)
+        wal = path + "-wal"
+        if size == 0 and not os.path.exists(wal):
+            if made:
+                raise JournalDamaged(
+                    self._name,
+                    f"is empty, but its lock file records {made} commits made to it: the "
+                    f"-wal file that held them ({wal}) is gone. {_SALVAGE}",
+                )
+            return
+        had_wal = os.path.exists(wal)
+        uri = "file:" + urllib.parse.quote(path) + "?mode=ro"
+        ro = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT)
+        try:
+            self._check_with(ro, size, made, wal)
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_CORRUPT:
+                raise
+            raise JournalDamaged(self._name, f"is corrupt: {exc}. {_SALVAGE}") from exc
+        finally:
+            ro.close()
+            # Opening a WAL database makes an empty -wal file: leave none where none was.
+            if not had_wal and os.path.exists(wal) and os.path.getsize(wal) == 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(wal)
+
+    def _check_with(self, ro: sqlite3.Connection, size: int, made: int | None, wal: str) -> None:
+        app_id = ro.execute("PRAGMA application_id").fetchone()[0]
+        version = ro.execute("PRAGMA user_version").fetchone()[0]
+        if app_id != APPLICATION_ID or not 1 <= version <= SCHEMA_VERSION:
+            if made and app_id == 0 and version == 0:
+                raise JournalDamaged(
+                    self._name,
+                    f"holds no journal, but its lock file records {made} commits made "
+                    f"to it: the -wal file that held them ({wal}) was deleted or "
+                    f"replaced. {_SALVAGE}",
+                )
+            return  # not a journal, or a newer one: _open says which
+        check = "integrity_check" if size <= FULL_CHECK_BYTES else "quick_check"
+        problems = [row[0] for row in ro.execute(f"PRAGMA {check}(20)")]
+        if problems != ["ok"]:
+            raise JournalDamaged(
+                self._name,
+                f"fails SQLite's {check}: {'; '.join(problems[:5])}. {_SALVAGE}",
+            )
+        if version < 2 or not made:
+            return
+        have = ro.execute("SELECT commits FROM meta WHERE id = 1").fetchone()[0]
+        if have < made:
+            raise JournalDamaged(
+                self._name,
+                f"holds {have} commits but its lock file records {made}: the last "
+                f"{made - have} commits are missing (its -wal file was deleted, "
+                f"truncated, corrupted or replaced after an unclean stop). {_SALVAGE}",
+            )
 
     def _lock(self, lock_path: str) -> None:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -433,6 +609,10 @@ class Journal:
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                if self._path is not None and self._failure is None:
+                    # A clean stop leaves one file: everything the WAL held is in it.
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 conn.close()
         if fd is not None:
@@ -462,25 +642,75 @@ class Journal:
 
     def _after_error(self, exc: sqlite3.Error) -> None:
         conn = self._conn
-        if conn is not None and self._writes and not conn.in_transaction:
+        if conn is not None and (self._inserted or self._redo) and not conn.in_transaction:
             # SQLite rolled the whole transaction back (disk full, I/O error), and the
             # next write would silently open a new one: flush() must not report success.
-            self._lost += self._writes
-            self._lost_cause = str(exc)
-            self._writes = 0
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        """A write or commit failed: roll back, note the lost inserts, replay the rest."""
+        if exc is not None or self._failure is None:
+            self._failure = str(exc or "rolled back")
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        self._lost.extend(self._inserted)
+        self._inserted.clear()
+        self._writes = 0
+        self._replay = bool(self._redo)
+        if self._replay:
+            # Now, so that reads see what the daemon did (a task finished...) while the
+            # disk is full; on a second failure the next write or flush tries again.
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._begin()
 
     def _begin(self) -> sqlite3.Connection:
         conn = self._db
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
+            if self._replay:
+                try:
+                    for redo in self._redo:
+                        redo(conn)
+                except sqlite3.DatabaseError:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+                self._replay = False
+                self._writes = len(self._redo)
         return conn
+
+    def _write(self, apply: Callable[[sqlite3.Connection], int], task_id: str) -> None:
+        """Run one write (not an insert) and keep it for replay; KeyError if no such task.
+
+        A write the disk refuses is not an error here: it is kept, replayed, and made
+        durable by a later ``flush()``; that ``flush()`` reports the failure.
+        """
+        try:
+            conn = self._begin()
+            done = apply(conn)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            self._redo.append(apply)
+            self._fail(exc)
+            return
+        if done == 0:
+            raise KeyError(task_id)
+        self._redo.append(apply)
+        self._writes += 1
+
+    def _insert_failed(self, exc: sqlite3.DatabaseError, task_id: str) -> JournalUnavailable:
+        self._fail(exc)
+        return JournalUnavailable(self._name, f"cannot insert task {task_id}: {exc}")
 
     def _history_with(
         self, conn: sqlite3.Connection, task_id: str, entry: Mapping[str, Any]
-    ) -> str:
+    ) -> str | None:
         row = conn.execute(_HISTORY, (task_id,)).fetchone()
         if row is None:
-            raise KeyError(task_id)
+            return None
         history = json.loads(row[0])
         history.append(dict(entry))
         return json.dumps(history, separators=(",", ":"))
@@ -504,8 +734,8 @@ class Journal:
         if rec.state != "queued":
             raise ValueError(f"add() takes a queued task, not one in state {rec.state!r}")
         values: tuple[Any, ...] = _insert_values(rec)
-        conn = self._begin()
         try:
+            conn = self._begin()
             cur = conn.execute(_INSERT, values)
         except sqlite3.IntegrityError as exc:
             # Only this statement is undone: the transaction and earlier writes stay.
@@ -517,6 +747,9 @@ class Journal:
             else:
                 what = str(exc)
             raise ValueError(f"cannot add task {rec.task_id}: {what}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise self._insert_failed(exc, rec.task_id) from exc
+        self._inserted.append(rec.task_id)
         self._writes += 1
         # Not dataclasses.replace: twice the cost of a plain construction.
         seq = cur.lastrowid
@@ -545,13 +778,16 @@ class Journal:
         """
         if rec.state != "queued":
             raise ValueError(f"insert() takes a queued task, not one in state {rec.state!r}")
-        conn = self._begin()
         try:
+            conn = self._begin()
             cur = conn.execute(_INSERT, _insert_values(rec))
         except sqlite3.IntegrityError as exc:
             if rec.key is not None and self.by_key(rec.key) is not None:
                 return None
             raise ValueError(f"cannot add task {rec.task_id}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise self._insert_failed(exc, rec.task_id) from exc
+        self._inserted.append(rec.task_id)
         self._writes += 1
         seq = cur.lastrowid
         assert seq is not None
@@ -564,10 +800,8 @@ class Journal:
         Raises:
             KeyError: no task ``task_id``.
         """
-        conn = self._begin()
-        if conn.execute(_STARTED, (attempt, at, task_id)).rowcount == 0:
-            raise KeyError(task_id)
-        self._writes += 1
+        params = (attempt, at, task_id)
+        self._write(lambda conn: conn.execute(_STARTED, params).rowcount, task_id)
 
     @_sql_errors
     def requeue(self, task_id: str, history_entry: Mapping[str, Any] | None) -> None:
@@ -581,15 +815,17 @@ class Journal:
         Raises:
             KeyError: no task ``task_id``.
         """
-        conn = self._begin()
-        if history_entry is None:
-            cur = conn.execute(_REQUEUE, (task_id,))
-        else:
-            history = self._history_with(conn, task_id, history_entry)
-            cur = conn.execute(_REQUEUE_H, (history, task_id))
-        if cur.rowcount == 0:
-            raise KeyError(task_id)
-        self._writes += 1
+        entry = None if history_entry is None else dict(history_entry)
+
+        def apply(conn: sqlite3.Connection) -> int:
+            if entry is None:
+                return conn.execute(_REQUEUE, (task_id,)).rowcount
+            history = self._history_with(conn, task_id, entry)
+            if history is None:
+                return 0
+            return conn.execute(_REQUEUE_H, (history, task_id)).rowcount
+
+        self._write(apply, task_id)
 
     @_sql_errors
     def finish(
@@ -619,15 +855,19 @@ class Journal:
         """
         if state not in TERMINAL:
             raise ValueError(f"finish() needs a terminal state {sorted(TERMINAL)}, not {state!r}")
-        conn = self._begin()
-        if history_entry is None:
-            cur = conn.execute(_FINISH, (state, at, result_json, error_json, task_id))
-        else:
-            history = self._history_with(conn, task_id, history_entry)
-            cur = conn.execute(_FINISH_H, (state, at, result_json, error_json, history, task_id))
-        if cur.rowcount == 0:
-            raise KeyError(task_id)
-        self._writes += 1
+        entry = None if history_entry is None else dict(history_entry)
+
+        def apply(conn: sqlite3.Connection) -> int:
+            if entry is None:
+                params = (state, at, result_json, error_json, task_id)
+                return conn.execute(_FINISH, params).rowcount
+            history = self._history_with(conn, task_id, entry)
+            if history is None:
+                return 0
+            params_h = (state, at, result_json, error_json, history, task_id)
+            return conn.execute(_FINISH_H, params_h).rowcount
+
+        self._write(apply, task_id)
 
     @_sql_errors
     def prune(self, finished_before: float, limit: int = 10_000) -> int:
@@ -642,21 +882,29 @@ class Journal:
             How many tasks were deleted.
         """
         conn = self._db
+        if self._failure is not None:
+            return 0  # the disk is full: deleting would only add to the transaction to replay
         opened = not conn.in_transaction
-        if opened:
-            conn.execute("BEGIN IMMEDIATE")
-        deleted = conn.execute(_PRUNE, (finished_before, max(limit, 0))).rowcount
-        if deleted == 0:
+        try:
             if opened:
-                conn.execute("ROLLBACK")  # nothing to commit: leave no transaction open
+                conn.execute("BEGIN IMMEDIATE")
+            deleted = conn.execute(_PRUNE, (finished_before, max(limit, 0))).rowcount
+            if deleted == 0:
+                if opened:
+                    conn.execute("ROLLBACK")  # nothing to commit: leave no transaction open
+                return 0
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            keep = max(_KEEP_FREE_PAGES, (pages - free) // 2)
+            # sqlite3 steps a statement that has no result columns only once, and each step
+            # of incremental_vacuum frees one page: hence one execute per page.
+            for _ in range(free - keep):
+                conn.execute("PRAGMA incremental_vacuum")
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            self._fail(exc)  # the next flush reports it; pruning waits for space
             return 0
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        keep = max(_KEEP_FREE_PAGES, (pages - free) // 2)
-        # sqlite3 steps a statement that has no result columns only once, and each step
-        # of incremental_vacuum frees one page: hence one execute per page.
-        for _ in range(free - keep):
-            conn.execute("PRAGMA incremental_vacuum")
         self._writes += 1
         return deleted
 
@@ -669,26 +917,42 @@ class Journal:
             when no transaction is open.
 
         Raises:
-            JournalError: the commit failed (disk full, I/O error), or an earlier
-                error made SQLite roll the open transaction back. Nothing written
-                since the last successful flush is durable: the caller must not
-                acknowledge it (and its memory now disagrees with the journal).
+            JournalUnavailable: the commit failed (disk full, I/O error), or an
+                earlier error rolled the open transaction back. The tasks inserted
+                since the last successful flush (``lost``) are not in the journal:
+                the caller must not acknowledge them. The other writes are kept and
+                replayed: a later successful flush makes them durable.
         """
         conn = self._db
         if self._lost:
-            lost, self._lost, self._writes = self._lost, 0, 0
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise JournalError(
+            # Inserts made after the rollback are lost with the earlier ones: the
+            # caller refuses every submit since its last successful flush.
+            self._fail(None)
+            lost, self._lost = tuple(self._lost), []
+            raise JournalUnavailable(
                 self._name,
-                f"{lost} unflushed writes were rolled back by an earlier error "
-                f"({self._lost_cause}); nothing written since the last flush is durable",
+                f"{len(lost)} tasks inserted since the last flush were rolled back by an "
+                f"error ({self._failure}); nothing inserted since the last flush is durable",
+                lost,
             )
-        if not conn.in_transaction:
-            return 0
-        writes = self._writes
-        conn.execute("COMMIT")  # on failure, _after_error tells whether the writes are gone
+        try:
+            if self._replay:
+                self._begin()
+            if not conn.in_transaction:
+                return 0
+            writes = self._writes
+            conn.execute(_BUMP, (self._commits + 1,))
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            self._fail(exc)
+            lost, self._lost = tuple(self._lost), []
+            raise JournalUnavailable(self._name, f"commit failed: {exc}", lost) from exc
+        self._commits += 1
+        self._write_sidecar()
         self._writes = 0
+        self._inserted.clear()
+        self._redo.clear()
+        self._failure = None
         return writes
 
     # -- reads ----------------------------------------------------------------------------------
@@ -716,11 +980,12 @@ class Journal:
         Returns:
             Every queued task, highest priority first, then in submit order.
         """
-        conn = self._begin()
-        if conn.execute("UPDATE tasks SET state = 'queued' WHERE state = 'running'").rowcount:
-            self._writes += 1
-        tasks = [TaskRecord(*row) for row in conn.execute(_UNFINISHED)]
-        self.flush()
+        self._write(lambda conn: conn.execute(_RECOVER).rowcount or -1, "")
+        tasks = [TaskRecord(*row) for row in self._db.execute(_UNFINISHED)]
+        # A full disk at start: the update waits in the open transaction (reads see
+        # it) and ``failure`` says why; the next flush that succeeds makes it durable.
+        with contextlib.suppress(JournalUnavailable):
+            self.flush()
         return tasks
 
     @_sql_errors
@@ -739,3 +1004,106 @@ class Journal:
         else:
             cur = self._db.execute(_RECENT_IN, (state, limit))
         return [TaskRecord(*row) for row in cur]
+
+
+def salvage(path: str | os.PathLike[str]) -> str:
+    """Keep a damaged journal's files aside and build a new journal from every readable row.
+
+    The files (``path`` and its ``-wal`` and ``-shm``) are renamed to
+    ``<path>.damaged-<UTC time>``, untouched; the tasks SQLite can still read
+    from them go, as they are (states, results, keys), into a new journal at
+    ``path``. Tasks whose commits are gone cannot be found: they are lost.
+
+    Returns:
+        What was done, for the log.
+
+    Raises:
+        JournalLocked: a live process holds the journal.
+        JournalError: the files cannot be moved or the new journal written.
+    """
+    path = os.fspath(path)
+    name = path
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise JournalError(name, f"cannot open its lock file: {exc.strerror}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JournalLocked(name) from None
+        aside = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.rename(path + suffix, aside + suffix)
+            os.ftruncate(fd, 0)  # the new journal starts its commit count again
+        except OSError as exc:
+            raise JournalError(name, f"cannot move the damaged files aside: {exc}") from exc
+        rows, unreadable = _readable_rows(aside) if os.path.exists(aside) else ([], 0)
+    finally:
+        os.close(fd)
+    with Journal(path) as journal:
+        conn = journal._begin()
+        insert = (
+            f"INSERT OR IGNORE INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"
+        )
+        for row in rows:
+            try:
+                conn.execute(insert, row)
+            except sqlite3.DatabaseError:
+                unreadable += 1
+        journal._writes += 1
+        journal.flush()
+        counts = journal.counts()
+    unfinished = counts["queued"] + counts["running"]
+    return (
+        f"damaged journal kept as {aside}; new journal {path} holds the {len(rows)} tasks "
+        f"still readable ({unfinished} unfinished, which run again); {unreadable} "
+        "unreadable rows skipped; tasks whose commits were lost cannot be found"
+    )
+
+
+def _readable_rows(path: str) -> tuple[list[tuple[Any, ...]], int]:
+    """Every task row SQLite can read from the (damaged) database at ``path``, and misses."""
+    uri = "file:" + urllib.parse.quote(path) + "?mode=ro"
+    rows: list[tuple[Any, ...]] = []
+    unreadable = 0
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.DatabaseError:
+        return rows, unreadable
+    try:
+        try:
+            top = db.execute("SELECT max(seq) FROM tasks").fetchone()[0] or 0
+        except sqlite3.DatabaseError:
+            try:
+                top = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'").fetchone()[
+                    0
+                ]
+            except (sqlite3.DatabaseError, TypeError):
+                return rows, unreadable
+        after = 0
+        batch_sql = f"SELECT {_COLUMNS} FROM tasks WHERE seq > ? ORDER BY seq LIMIT 500"
+        one_sql = f"SELECT {_COLUMNS} FROM tasks WHERE seq = ?"
+        while after < top:
+            try:
+                batch = db.execute(batch_sql, (after,)).fetchall()
+            except sqlite3.DatabaseError:
+                # A damaged page: step over it one row at a time.
+                after += 1
+                try:
+                    row = db.execute(one_sql, (after,)).fetchone()
+                except sqlite3.DatabaseError:
+                    unreadable += 1
+                    continue
+                if row is not None:
+                    rows.append(row)
+                continue
+            if not batch:
+                break
+            rows.extend(batch)
+            after = batch[-1][-1]
+    finally:
+        db.close()
+    return rows, unreadable

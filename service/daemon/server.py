@@ -68,7 +68,15 @@ from pipework.protocol.messages import (
     WorkersRequest,
 )
 from pipework.service.daemon.config import DaemonSettings
-from pipework.service.daemon.journal import TERMINAL, Journal, JournalError, TaskRecord
+from pipework.service.daemon.journal import (
+    TERMINAL,
+    Journal,
+    JournalDamaged,
+    JournalError,
+    JournalUnavailable,
+    TaskRecord,
+    salvage,
+)
 from pipework.service.daemon.outcomes import (
     Outcome,
     canonical_json,
@@ -104,7 +112,7 @@ if TYPE_CHECKING:
     from pipework.service.ops.metrics import Metrics, MetricsServer
     from pipework.service.ops.status import StatusBoard, StatusServer
 
-__all__ = ["Daemon", "DaemonError", "serve"]
+__all__ = ["EXIT_CANNOT_START", "EXIT_JOURNAL_DAMAGED", "Daemon", "DaemonError", "serve"]
 
 _log = get_logger("pipework.daemon")
 
@@ -128,12 +136,29 @@ _HARD_CAP_FACTOR = 8
 # Queued tasks whose records are kept in memory (so that starting one needs no
 # journal read), at most; the rest wait in the journal alone.
 _HELD = 4096
+# Ready tasks a dispatch pass may step over (their workers are busy) to reach others.
+_SKIP = 256
 _Frames = list[bytes]
 _REVOKED = "\0revoked"  # the user of a CURVE peer whose key left the allow-list
 
 
+EXIT_CANNOT_START = 1
+"""``pipework serve`` could not start: the log line ``cannot start`` says why."""
+EXIT_JOURNAL_DAMAGED = 4
+"""The journal failed its check at start; ``--journal-recover`` salvages it."""
+
+
 class DaemonError(PipeworkError):
-    """The daemon cannot start: the message says why (endpoint taken, journal locked...)."""
+    """The daemon cannot start: the message says why (endpoint taken, journal locked...).
+
+    Attributes:
+        exit_code: what ``pipework serve`` exits with (``EXIT_CANNOT_START``, or
+            ``EXIT_JOURNAL_DAMAGED``: restarting cannot fix that one).
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_CANNOT_START) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(slots=True)
@@ -225,8 +250,14 @@ class Daemon:
         DaemonError: from ``start()``, when it cannot start.
     """
 
-    def __init__(self, settings: DaemonSettings) -> None:
+    def __init__(self, settings: DaemonSettings, *, journal_recover: bool = False) -> None:
         self.settings = settings
+        self._journal_recover = journal_recover
+        # The journal cannot write (disk full...): why, or None. Submits are refused.
+        self._journal_down: str | None = None
+        # Submits acknowledged since the last flush: task id -> (reply index in _out, peer).
+        self._pass_acks: dict[str, list[tuple[int, Peer]]] = {}
+        self._acked: str | None = None  # the task the submit being handled answers with
         self._tasks: Mapping[str, Callable[..., Any]] = {}
         self._journal: Journal | None = None
         self._pool: WorkerService | None = None
@@ -240,6 +271,10 @@ class Daemon:
         self._json_logs = json_output()  # how run_task writes a task's prints
         self._completions: SimpleQueue[tuple[str, Future[Any]]] = SimpleQueue()
         self._ready: list[tuple[int, int, str]] = []  # (-priority, seq, task_id)
+        # Ready tasks of names no worker serves now (no local pool, no remote worker
+        # offering the name): set aside by name until a worker that serves it says hello.
+        self._parked: dict[str, list[tuple[int, int, str]]] = {}
+        self._stalled = False  # ready tasks, free credit, but none of it fits them
         self._delayed: list[tuple[float, int, str]] = []  # (not_before, seq, task_id)
         self._queued: set[str] = set()
         self._held: dict[str, TaskRecord] = {}  # records of some queued tasks; see _HELD
@@ -302,14 +337,18 @@ class Daemon:
                     "connect as a worker and be sent task arguments; set curve_worker_dir",
                     allow_dir=str(s.curve_allow_dir),
                 )
-        try:
-            self._journal = Journal(s.journal_path if s.journal else None, sync=s.journal_sync)
-        except JournalError as exc:
-            raise DaemonError(str(exc)) from exc
+        self._journal = self._open_journal()
         recovered = self._journal.recover()
         now = time.time()
+        unrunnable: list[tuple[TaskRecord, str, str]] = []
         for rec in recovered:
+            why = self._unrunnable(rec)
+            if why is not None:
+                unrunnable.append((rec, *why))
+                continue
             self._enqueue(rec, now, rec.seq, hold=True)
+        if self._journal.failure is not None:
+            self._journal_failed(JournalUnavailable(str(s.journal_path), self._journal.failure))
         if s.workers:
             self._pool = WorkerService(
                 s.workers,
@@ -328,6 +367,7 @@ class Daemon:
                 s.max_message_bytes,
             )
         self._start_observers()
+        self._end_unrunnable(unrunnable)
         up = self._await_workers()
         _log.info(
             "daemon ready",
@@ -344,6 +384,75 @@ class Daemon:
         self._systemd.notify(
             "READY=1", f"STATUS=serving at {s.endpoint}, {workers}, {len(recovered)} recovered"
         )
+
+    def _open_journal(self) -> Journal:
+        s = self.settings
+        path = s.journal_path if s.journal else None
+        try:
+            try:
+                return Journal(path, sync=s.journal_sync)
+            except JournalDamaged as exc:
+                if not self._journal_recover or path is None:
+                    raise DaemonError(str(exc), EXIT_JOURNAL_DAMAGED) from exc
+                _log.warning("journal damaged; salvaging it (--journal-recover)", error=str(exc))
+                _log.warning("journal salvaged", outcome=salvage(path))
+                return Journal(path, sync=s.journal_sync)
+        except JournalError as exc:
+            raise DaemonError(str(exc)) from exc
+
+    def _unrunnable(self, rec: TaskRecord) -> tuple[str, str] | None:
+        """Why a task the journal holds cannot be run here (error type, message), or None.
+
+        The journal is data, not trust: a release may have removed or renamed the
+        task, and a row may hold what this version cannot read.
+        """
+        if rec.name not in self._tasks:
+            return (
+                "UnknownTask",
+                f"no task named {rec.name!r} is registered in this daemon (task module "
+                f"{self.settings.tasks!r}); it was queued by a daemon that had it",
+            )
+        problem = None
+        try:
+            # SQLite keeps whatever a row was given, whatever the column's type.
+            numbers: tuple[object, ...] = (
+                rec.priority,
+                rec.retries,
+                rec.attempts,
+                rec.not_before,
+                rec.created_at,
+                0 if rec.timeout is None else rec.timeout,
+            )
+            if not all(isinstance(n, (int, float)) for n in numbers):
+                problem = "a number field holds something else"
+            elif not isinstance(json.loads(rec.args_json), list):
+                problem = "its arguments are not a JSON array"
+            elif not isinstance(json.loads(rec.kwargs_json), dict):
+                problem = "its keyword arguments are not a JSON object"
+            elif not isinstance(json.loads(rec.history_json), list):
+                problem = "its history is not a JSON array"
+        except (TypeError, ValueError) as exc:
+            problem = f"a JSON field cannot be read ({exc})"
+        if problem is None:
+            return None
+        return "BadRecord", f"the journal's row for this task cannot be run: {problem}"
+
+    def _end_unrunnable(self, tasks: list[tuple[TaskRecord, str, str]]) -> None:
+        """Fail the recovered tasks this daemon cannot run: logged, counted, never run."""
+        by_kind: dict[tuple[str, str], int] = {}
+        for rec, kind, message in tasks:
+            error = {"type": kind, "message": message, "traceback": ""}
+            self._finish(rec, "failed", error_json=canonical_json(error))
+            by_kind[rec.name, kind] = by_kind.get((rec.name, kind), 0) + 1
+            if self._metrics is not None:
+                self._metrics.unrunnable(kind)
+        for (name, kind), count in sorted(by_kind.items()):
+            _log.warning(
+                "journal holds tasks this daemon cannot run; they end failed",
+                task=name,
+                error=kind,
+                count=count,
+            )
 
     def _await_workers(self) -> int:
         """Wait (bounded) until the local pool has all its workers; return how many it has."""
@@ -395,7 +504,11 @@ class Daemon:
         self._systemd.status(how or self._stop_status)
 
     def close(self) -> None:
-        """Requeue what still runs (it runs again on restart), commit, stop workers, unbind."""
+        """Requeue what still runs (it runs again on restart), commit, stop workers, unbind.
+
+        Never raises: a journal that cannot write (disk full) leaves those tasks
+        ``running`` in it, and a restart queues them again anyway.
+        """
         self._stop_observers()
         if self._remotes is not None:
             # They run again after the restart: stop them now, or a quick
@@ -405,10 +518,14 @@ class Daemon:
                     self._remotes.cancel(task_id)
             self._remotes.flush()
         if self._journal is not None:
-            for task_id in list(self._running):
-                self._journal.requeue(task_id, None)
+            try:
+                for task_id in list(self._running):
+                    with contextlib.suppress(KeyError):
+                        self._journal.requeue(task_id, None)
+                self._journal.flush()
+            except JournalError as exc:
+                _log.error("journal not committed at stop", error=str(exc))
             self._running.clear()
-            self._journal.flush()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -470,6 +587,8 @@ class Daemon:
                 ended = remotes.read() if remotes.sock in events else []
                 for event in [*ended, *remotes.tick()]:
                     self._remote_ended(event)
+                if self._parked and remotes.sock in events:
+                    self._unpark()
             now = time.time()
             self._promote(now)
             if not self._draining:
@@ -480,9 +599,7 @@ class Daemon:
                 # A full batch means more expired meanwhile: keep up a batch per
                 # pass rather than one batch a minute, or the file would grow.
                 self._next_prune = now + (0.0 if pruned == _PRUNE_BATCH else _PRUNE_EVERY)
-            flushing = time.perf_counter()
-            if journal.flush() and self._metrics is not None:
-                self._metrics.committed(time.perf_counter() - flushing)
+            self._commit()
             self._send()
             if remotes is not None:
                 remotes.flush()
@@ -506,8 +623,62 @@ class Daemon:
                     )
                     return
 
+    def _commit(self) -> None:
+        """Flush the journal; on failure refuse this pass's submits and keep serving."""
+        assert self._journal is not None
+        flushing = time.perf_counter()
+        try:
+            committed = self._journal.flush()
+        except JournalUnavailable as exc:
+            self._journal_failed(exc)
+        else:
+            if committed and self._metrics is not None:
+                self._metrics.committed(time.perf_counter() - flushing)
+            if self._journal_down is not None and self._journal.failure is None:
+                _log.warning("journal writable again; accepting submits", was=self._journal_down)
+                self._journal_down = None
+                if self._metrics is not None:
+                    self._metrics.journal_writable(True)
+        self._pass_acks.clear()
+
+    def _journal_failed(self, exc: JournalUnavailable) -> None:
+        """The journal cannot write: undo the submits it lost, refuse them, carry on."""
+        if self._journal_down is None:
+            _log.error(
+                "journal cannot write; refusing submits, serving reads and running what it holds",
+                error=exc.reason,
+            )
+        self._journal_down = exc.reason
+        if self._metrics is not None:
+            self._metrics.journal_writable(False)
+        for task_id in exc.lost:
+            self._accepted -= 1
+            self._queued.discard(task_id)
+            self._held.pop(task_id, None)
+            self._notify.pop(task_id, None)
+            run = self._pop_running(task_id)
+            if run is not None:  # started in the same pass: it was never accepted
+                if run.future is not None:
+                    run.future.cancel()
+                elif self._remotes is not None:
+                    self._remotes.cancel(task_id)
+            for index, peer in self._pass_acks.pop(task_id, []):
+                error = self._unavailable(exc.reason)
+                self._out[index] = peer.frames(
+                    error_reply(peer.request_id, error.code, error.message, error.detail)
+                )
+
+    @staticmethod
+    def _unavailable(reason: str) -> ProtocolError:
+        return ProtocolError(
+            ErrorCode.JOURNAL_UNAVAILABLE,
+            f"the journal cannot record new tasks now ({reason}); nothing was accepted: "
+            "submit again later (with the same key, if you gave one)",
+            {"reason": reason},
+        )
+
     def _sleep(self) -> float | None:
-        if self._ready and not self._draining and self._has_capacity():
+        if self._ready and not self._draining and self._has_capacity() and not self._stalled:
             return 0.0
         when = _MAX_SLEEP
         if self._delayed:
@@ -624,6 +795,9 @@ class Daemon:
             reply = error_reply(request.id, ErrorCode.INTERNAL, f"internal error: {exc!r}", {})
         if reply is not None:
             self._out.append(peer.frames(reply))
+            if self._acked is not None:
+                self._pass_acks.setdefault(self._acked, []).append((len(self._out) - 1, peer))
+        self._acked = None
         if self._events_after_reply:
             self._out.extend(self._events_after_reply)
             self._events_after_reply.clear()
@@ -724,13 +898,18 @@ class Daemon:
             seq=0,  # the journal's seq rides beside it, in the ready heap
         )
         # The key's unique index finds a duplicate: no lookup before the insert.
-        seq = self._journal.insert(rec)
+        try:
+            seq = self._journal.insert(rec)
+        except JournalUnavailable as exc:
+            self._journal_failed(exc)
+            raise self._unavailable(exc.reason) from None
         if seq is None:
             assert req.key is not None
             old = self._journal.by_key(req.key)
             assert old is not None
             return self._duplicate(req, peer, old, args_json, kwargs_json)
         self._accepted += 1
+        self._acked = rec.task_id
         if self._metrics is not None:
             self._metrics.accepted(req.task)
         self._enqueue(rec, now, seq, hold=True)
@@ -750,6 +929,8 @@ class Daemon:
             )
         if req.notify:
             self._watch(old, peer)
+        if old.task_id in self._pass_acks:  # not committed yet: refused with it if it fails
+            self._acked = old.task_id
         return submit_reply(req.id, old.task_id, old.state, duplicate=True)
 
     def _watch(self, rec: TaskRecord, peer: Peer) -> None:
@@ -842,6 +1023,7 @@ class Daemon:
             "states": {s: counts.get(s, 0) for s in sorted(TERMINAL)},
             "accepted": self._accepted,
             "finished": self._finished,
+            "journal_error": self._journal_down,
         }
 
     def _workers(self) -> list[dict[str, Any]]:
@@ -907,10 +1089,25 @@ class Daemon:
             self._local_running -= 1
         return run
 
+    def _unpark(self) -> None:
+        """Put back in the ready queue the parked tasks a remote worker now serves."""
+        assert self._remotes is not None
+        served = {name for s in self._remotes.sessions() for name in s.tasks}
+        for name in [n for n in self._parked if n in served]:
+            entries = self._parked.pop(name)
+            _log.info("a worker serves the task again", task=name, count=len(entries))
+            for entry in entries:
+                heapq.heappush(self._ready, entry)
+
     def _dispatch(self, now: float) -> None:
         assert self._journal is not None
+        # Tasks that wait for a remote worker serving their name, while others behind
+        # them can run; at most _SKIP per pass, so a deep queue costs a bounded pass.
+        skipped: list[tuple[int, int, str]] = []
+        self._stalled = False
         while self._ready and self._has_capacity():
-            _, seq, task_id = heapq.heappop(self._ready)
+            entry = heapq.heappop(self._ready)
+            _, seq, task_id = entry
             if task_id not in self._queued:
                 self._held.pop(task_id, None)
                 continue  # cancelled while it waited
@@ -920,10 +1117,22 @@ class Daemon:
                 assert self._remotes is not None
                 session = self._remotes.pick(rec.name)
                 if session is None:
-                    # No remote worker with credit serves this name: it waits
-                    # (and so does everything behind it, keeping priority order).
-                    heapq.heappush(self._ready, (-rec.priority, seq, task_id))
-                    return
+                    if self._pool is None and not self._remotes.serves(rec.name):
+                        # Nobody serves it at all: park it, visibly queued, until a
+                        # worker that does connects. It must not hold up the others.
+                        if rec.name not in self._parked:
+                            _log.warning(
+                                "no worker serves this task now; its tasks wait for one",
+                                task=rec.name,
+                            )
+                        self._parked.setdefault(rec.name, []).append(entry)
+                        continue
+                    # Its workers are busy: it waits, and what other workers can run goes.
+                    skipped.append(entry)
+                    if len(skipped) >= _SKIP:
+                        self._stalled = True
+                        break
+                    continue
             self._queued.discard(task_id)
             self._held.pop(task_id, None)
             attempt = rec.attempts + 1
@@ -951,6 +1160,10 @@ class Daemon:
             run.future = future
             self._local_running += 1
             future._pw_listen(functools.partial(self._completed, task_id))
+        for entry in skipped:
+            heapq.heappush(self._ready, entry)
+        if skipped and self._ready and self._has_capacity():
+            self._stalled = True  # the capacity left fits none of them: sleep until news
 
     def _remote_ended(self, event: RemoteEvent) -> None:
         run = self._running.get(event.task_id)
@@ -1205,24 +1418,33 @@ class Daemon:
                 finished=self._finished,
                 draining=self._draining,
                 workers=self._workers(),
+                journal_error=self._journal_down,
             )
 
 
-def serve(settings: DaemonSettings) -> int:
+def serve(settings: DaemonSettings, *, journal_recover: bool = False) -> int:
     """Run a daemon in this process until it is told to stop; return the exit code.
 
+    Args:
+        settings: what to serve.
+        journal_recover: if the journal fails its check at start, keep the damaged
+            files aside and start on a new journal of every task still readable
+            (``pipework serve --journal-recover``); otherwise refuse to start.
+
     Returns:
-        0 after a drain (or a stop by a second signal), 1 if it could not start.
+        0 after a drain (or a stop by a second signal), ``EXIT_CANNOT_START`` (1)
+        if it could not start, ``EXIT_JOURNAL_DAMAGED`` (4) if the journal failed
+        its check.
     """
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, journal_recover=journal_recover)
     daemon.install_signal_handlers()
     try:
         daemon.start()
     except DaemonError as exc:
-        _log.error("cannot start", error=str(exc))
+        _log.error("cannot start", error=str(exc), exit_code=exc.exit_code)
         daemon.close()
         daemon.notify_stopped(f"cannot start: {exc}")
-        return 1
+        return exc.exit_code
     try:
         daemon.run()
     except Exception:

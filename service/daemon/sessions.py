@@ -125,6 +125,10 @@ class RemoteWorkers:
                 best = s
         return best
 
+    def serves(self, task_name: str) -> bool:
+        """Whether any open session serves ``task_name`` (with credit or not)."""
+        return any(task_name in s.tasks for s in self._sessions.values())
+
     def send_task(
         self,
         session: Session,

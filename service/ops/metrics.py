@@ -18,6 +18,10 @@
 | ``pipework_task_duration_seconds`` | histogram | task | seconds per run, start to end |
 | ``pipework_journal_commit_seconds`` | histogram | | each journal flush that committed something |
 | ``pipework_remote_sessions`` | gauge | | remote workers connected |
+| ``pipework_journal_writable`` | gauge | | 1, or 0 while the journal cannot write (disk full) |
+| ``pipework_journal_failures_total`` | counter | | journal commits or writes that failed |
+| ``pipework_tasks_unrunnable_total`` | counter | reason | journalled tasks ended without a run: |
+|  |  |  | ``UnknownTask`` (name not registered), ``BadRecord`` |
 
 A worker restart's cause is ``died`` (a run ended ``worker_lost``: its worker
 process, or a remote worker's session, was lost), ``timeout`` (its worker was
@@ -145,6 +149,23 @@ class Metrics:
         self._sessions = Gauge(
             "pipework_remote_sessions", "Remote workers connected.", registry=reg
         )
+        self._writable = Gauge(
+            "pipework_journal_writable",
+            "1, or 0 while the journal cannot write (disk full): submits are refused.",
+            registry=reg,
+        )
+        self._writable.set(1)
+        self._journal_failures = Counter(
+            "pipework_journal_failures",
+            "Journal commits or writes that failed (disk full, I/O error).",
+            registry=reg,
+        )
+        self._unrunnable = Counter(
+            "pipework_tasks_unrunnable",
+            "Journalled tasks ended failed without a run: UnknownTask, BadRecord.",
+            ["reason"],
+            registry=reg,
+        )
         # Children by label values: .labels() takes a lock and builds a key each call.
         self._accepted_of = {name: self._accepted.labels(name) for name in tasks}
         self._tasks_of: dict[tuple[str, str], Counter] = {}
@@ -188,6 +209,16 @@ class Metrics:
     def committed(self, seconds: float) -> None:
         """A journal flush committed something in ``seconds``."""
         self._commit.observe(seconds)
+
+    def journal_writable(self, writable: bool) -> None:
+        """The journal can write again, or a write or commit failed (counted)."""
+        self._writable.set(1 if writable else 0)
+        if not writable:
+            self._journal_failures.inc()
+
+    def unrunnable(self, reason: str) -> None:
+        """A journalled task was ended without a run (``UnknownTask``, ``BadRecord``)."""
+        self._unrunnable.labels(reason).inc()
 
     def gauges(self, queued: int, in_flight: int, sessions: int) -> None:
         """Set the gauges: queue depth, tasks in flight, remote sessions."""

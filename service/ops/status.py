@@ -198,12 +198,15 @@ class StatusBoard:
         finished: int,
         draining: bool,
         workers: Sequence[Mapping[str, Any]],
+        journal_error: str | None = None,
     ) -> None:
         """Build a new snapshot from the loop's numbers and swap it in."""
         now = time.monotonic()
         self._next = now + self._every
         self._roll(now)
-        self._snapshot = self._build(queued, running, accepted, finished, draining, workers)
+        self._snapshot = self._build(
+            queued, running, accepted, finished, draining, workers, journal_error
+        )
 
     def _roll(self, now: float) -> None:
         bucket = int(now // BUCKET_SECONDS)
@@ -222,8 +225,10 @@ class StatusBoard:
         finished: int,
         draining: bool,
         workers: Sequence[Mapping[str, Any]],
+        journal_error: str | None = None,
     ) -> dict[str, Any]:
         return {
+            "journal_error": journal_error,
             "version": self._version,
             "pid": os.getpid(),
             "generated_at": time.time(),

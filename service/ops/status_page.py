@@ -44,7 +44,7 @@ main { max-width: 1180px; margin: 0 auto; padding: 20px 28px 40px; }
   letter-spacing: .5px; }
 .card .value { font-size: 26px; font-weight: 600; margin-top: 2px;
   font-variant-numeric: tabular-nums; }
-.card .value.bad { color: var(--bad); }
+.card .value.bad, .meta.bad { color: var(--bad); }
 section { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
   margin-top: 16px; padding: 14px 16px; }
 section h2 { margin: 0 0 10px; font-size: 14px; font-weight: 650; }
@@ -244,7 +244,9 @@ function render(s) {
   setText("failed-count", num(failed));
   $("failed-count").classList.toggle("bad", failed > 0);
   setText("meta", "v" + s.version + " · pid " + s.pid + " · up " + dur(s.uptime)
-    + (s.journal ? " · journal on" : " · journal off") + (s.draining ? " · draining" : ""));
+    + (s.journal ? " · journal on" : " · journal off") + (s.draining ? " · draining" : "")
+    + (s.journal_error ? " · JOURNAL CANNOT WRITE, submits refused: " + s.journal_error : ""));
+  $("meta").classList.toggle("bad", !!s.journal_error);
   renderWorkers(s);
   renderSpark(s.throughput);
   renderFailures(s);

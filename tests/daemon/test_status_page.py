@@ -50,6 +50,7 @@ SNAPSHOT_KEYS = {
     "uptime",
     "draining",
     "journal",
+    "journal_error",
     "queued",
     "running",
     "accepted",

@@ -48,6 +48,10 @@ NOT_SETTINGS = {
     "task_id": "protocol/messages.py",
     "worker_pid": "service/daemon/sessions.py",
     "client_key": "service/daemon/security.py",
+    "journal_unavailable": "protocol/errors.py",
+    "journal_error": "service/daemon/server.py",
+    "quick_check": "service/daemon/journal.py",
+    "integrity_check": "service/daemon/journal.py",
 }
 """snake_case words the page quotes that are not settings, with a file that uses each."""
 LEVELS = {"debug", "info", "warning", "error", "exception"}

@@ -71,6 +71,7 @@ ERROR_CODES = frozenset(
         "timeout",
         "draining",
         "queue_full",
+        "journal_unavailable",
         "internal",
     }
 )
