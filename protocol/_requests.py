@@ -386,3 +386,17 @@ def _local_invalid(loc: list[str | int], msg: str) -> ProtocolError:
     return ProtocolError(
         ErrorCode.INVALID, f"{where}: {msg}", {"errors": [{"loc": loc, "msg": msg}]}
     )
+
+
+def unreadable_reply(endpoint: str, error: ProtocolError, request_id: str) -> ProtocolError:
+    """The error a client raises for a reply it received but cannot read.
+
+    A daemon answered: that is not ``Unavailable`` ("is it running?"). The
+    code stays the decoder's (``bad_json``, ``invalid``).
+    """
+    return ProtocolError(
+        error.code,
+        f"the daemon at {endpoint} answered, but its reply cannot be read: {error.message}",
+        error.detail,
+        request_id,
+    )

@@ -35,11 +35,12 @@ from pipework.protocol._requests import (
     RequestBuilder,
     expect,
     finish,
+    unreadable_reply,
     wait_timeout,
 )
 from pipework.protocol.codec import decode_reply, encode
 from pipework.protocol.curve import use_curve
-from pipework.protocol.endpoint import default_endpoint, missing_ipc_socket
+from pipework.protocol.endpoint import check_client_endpoint, default_endpoint, missing_ipc_socket
 from pipework.protocol.errors import ErrorCode, ProtocolError, Unavailable
 from pipework.protocol.messages import (
     TERMINAL_STATES,
@@ -100,7 +101,9 @@ class AsyncClient:
 
         Raises:
             ValueError: ``timeout`` is not positive, ``resends`` is
-                negative, or ZeroMQ refuses the endpoint.
+                negative, ZeroMQ refuses the endpoint, or an ``ipc://``
+                endpoint is not in a directory private to this user
+                (``protocol.endpoint.check_client_endpoint``).
         """
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
@@ -109,6 +112,7 @@ class AsyncClient:
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
         self.resends = resends
+        check_client_endpoint(self.endpoint, curve=server_key is not None)
         self._own_context = context is None
         self._context = zmq.asyncio.Context() if context is None else context
         self._socket = self._context.socket(zmq.DEALER)
@@ -134,6 +138,7 @@ class AsyncClient:
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._event_waiters: dict[str, asyncio.Future[TaskDoneEvent]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._unreadable: tuple[float, ProtocolError] | None = None  # the last one, and when
 
     # --- operations ---------------------------------------------------------
 
@@ -455,6 +460,10 @@ class AsyncClient:
             if reply.done() and not reply.cancelled():
                 reply.exception()  # retrieved: an error that came too late is not logged
             reply.cancel()
+        unreadable = self._unreadable
+        if unreadable is not None and unreadable[0] >= started:
+            # Something answered, but nothing we could read: not "no daemon".
+            raise unreadable_reply(self.endpoint, unreadable[1], request.id)
         raise Unavailable(self.endpoint, time.monotonic() - started, request.id)
 
     async def _read_forever(self) -> None:
@@ -471,10 +480,12 @@ class AsyncClient:
             try:
                 message = decode_reply(frames[-1])
             except ProtocolError as exc:
-                failed = self._pending.get(exc.request_id) if exc.request_id else None
-                if failed is not None and not failed.done():
-                    failed.set_exception(exc)
+                rid = exc.request_id
+                failed = self._pending.get(rid) if rid else None
+                if rid is not None and failed is not None and not failed.done():
+                    failed.set_exception(unreadable_reply(self.endpoint, exc, rid))
                 else:
+                    self._unreadable = (time.monotonic(), exc)
                     _log.warning("dropping an unreadable message from %s: %s", self.endpoint, exc)
                 continue
             if isinstance(message, TaskDoneEvent):

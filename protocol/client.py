@@ -36,11 +36,12 @@ from pipework.protocol._requests import (
     RequestBuilder,
     expect,
     finish,
+    unreadable_reply,
     wait_timeout,
 )
 from pipework.protocol.codec import decode_reply, encode
 from pipework.protocol.curve import use_curve
-from pipework.protocol.endpoint import default_endpoint, missing_ipc_socket
+from pipework.protocol.endpoint import check_client_endpoint, default_endpoint, missing_ipc_socket
 from pipework.protocol.errors import ErrorCode, ProtocolError, Unavailable
 from pipework.protocol.messages import (
     TERMINAL_STATES,
@@ -106,7 +107,9 @@ class Client:
 
         Raises:
             ValueError: ``timeout`` is not positive, ``resends`` is
-                negative, or ZeroMQ refuses the endpoint.
+                negative, ZeroMQ refuses the endpoint, or an ``ipc://``
+                endpoint is not in a directory private to this user
+                (``protocol.endpoint.check_client_endpoint``).
         """
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
@@ -115,6 +118,7 @@ class Client:
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
         self.resends = resends
+        check_client_endpoint(self.endpoint, curve=server_key is not None)
         self._own_context = context is None
         self._context: zmq.Context[Any] = zmq.Context() if context is None else context
         self._socket: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
@@ -137,6 +141,7 @@ class Client:
         # Whether a daemon ever answered: until one has, a missing ipc:// socket
         # file fails a request at once (no daemon); after, it may be a restart.
         self._answered = False
+        self._unreadable: ProtocolError | None = None  # during the current exchange
 
     # --- operations ---------------------------------------------------------
 
@@ -410,6 +415,7 @@ class Client:
             raise Unavailable(self.endpoint, 0.0, request.id, reason)
         body = encode(request)
         started = time.monotonic()
+        self._unreadable = None
         for _ in range(self.resends + 1):
             # zmq.Again: nowhere to queue it (no connection yet, or the queue
             # is full); the attempt then times out like a lost request.
@@ -424,6 +430,9 @@ class Client:
                     return message
                 else:
                     _log.debug("dropping a stale reply to request %s", message.id)
+        if self._unreadable is not None:
+            # Something answered, but nothing we could read: not "no daemon".
+            raise unreadable_reply(self.endpoint, self._unreadable, request.id)
         raise Unavailable(self.endpoint, time.monotonic() - started, request.id)
 
     def _wait_event(self, submit_id: str, seconds: float) -> TaskDoneEvent | None:
@@ -454,6 +463,7 @@ class Client:
                 return decode_reply(frames[-1])
             except ProtocolError as exc:
                 if request_id is not None and exc.request_id == request_id:
-                    raise
+                    raise unreadable_reply(self.endpoint, exc, request_id) from None
+                self._unreadable = exc
                 _log.warning("dropping an unreadable message from %s: %s", self.endpoint, exc)
         return None

@@ -20,6 +20,7 @@ echo the body's values; they may be large or hostile.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,9 @@ _MAX_TEXT = 120
 # What pydantic-core raises besides ValidationError: ValueError (a number
 # Python cannot hold, a value it cannot encode), RecursionError (deep nesting).
 _PARSE_ERRORS = (ValueError, TypeError, RecursionError)
+# The start of every reply a daemon sends (events start {"v":1,"event":...}):
+# enough to tell which request an unparsable reply answers.
+_REPLY_ID = re.compile(rb'\A\{"v":1,"id":"([A-Za-z0-9_.:\-]{1,64})"')
 _validate_request = REQUEST_ADAPTER.validate_json
 _validate_incoming = REPLY_ADAPTER.validate_json
 
@@ -123,17 +127,24 @@ def decode_reply(body: bytes | bytearray | memoryview) -> Reply | TaskDoneEvent:
         A reply model (``ErrorReply`` included) or a ``TaskDoneEvent``.
 
     Raises:
-        ProtocolError: ``bad_json`` if the frame is not a JSON object,
-            ``invalid`` if it is not a message this version knows; its
-            ``request_id`` is set if the frame was a reply with a readable id.
+        ProtocolError: ``bad_json`` if the frame is not a JSON object (or
+            nests deeper than the parser's limit), ``invalid`` if it is not
+            a message this version knows; its ``request_id`` is set if the
+            frame was a reply with a readable id (for a reply that cannot be
+            parsed, from the ``{"v":1,"id":"..."`` every reply starts with).
     """
     data = _as_bytes(body)
     try:
         return _validate_incoming(data)
     except ValidationError as exc:
-        raise _classify_reply(data, exc) from None
+        error = _classify_reply(data, exc)
     except _PARSE_ERRORS as exc:
-        raise _bad_json(exc) from None
+        error = _bad_json(exc)
+    if error.request_id is None and error.code == ErrorCode.BAD_JSON:
+        match = _REPLY_ID.match(data)
+        if match is not None:
+            error.request_id = match.group(1).decode()
+    raise error
 
 
 def encode(model: BaseModel) -> bytes:
@@ -271,10 +282,10 @@ def _parse_object(body: bytes | bytearray, exc: ValidationError) -> dict[str, An
     if exc.error_count() == 1:  # a parse failure is always the only error
         err = exc.errors(include_url=False, include_context=False, include_input=False)[0]
         if err["type"] == "json_invalid":
-            return ProtocolError(
-                ErrorCode.BAD_JSON,
-                f"the body is not UTF-8 JSON: {err['msg'].removeprefix('Invalid JSON: ')}",
-            )
+            why = err["msg"].removeprefix("Invalid JSON: ")
+            if why.startswith("recursion limit exceeded"):
+                return ProtocolError(ErrorCode.BAD_JSON, f"the body is nested too deeply ({why})")
+            return ProtocolError(ErrorCode.BAD_JSON, f"the body is not UTF-8 JSON: {why}")
     try:
         raw = pydantic_core.from_json(body)
     except _PARSE_ERRORS as parse_exc:
@@ -287,7 +298,7 @@ def _parse_object(body: bytes | bytearray, exc: ValidationError) -> dict[str, An
 
 
 def _bad_json(exc: BaseException) -> ProtocolError:
-    if isinstance(exc, RecursionError):
+    if isinstance(exc, RecursionError) or "recursion limit exceeded" in str(exc):
         return ProtocolError(ErrorCode.BAD_JSON, "the body is nested too deeply")
     return ProtocolError(ErrorCode.BAD_JSON, f"the body is not UTF-8 JSON: {_clip(str(exc))}")
 

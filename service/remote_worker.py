@@ -64,7 +64,6 @@ from pipework.protocol.codec import MAX_MESSAGE_BYTES
 from pipework.protocol.curve import KeyFileError, load_keypair, load_public_key
 from pipework.protocol.errors import ProtocolError
 from pipework.protocol.workers import (
-    MAX_ERROR_TEXT,
     RESULT_OVERHEAD,
     Bye,
     Cancel,
@@ -80,7 +79,7 @@ from pipework.protocol.workers import (
     encode,
 )
 from pipework.service.daemon.config import LogFormat, LogLevel, describe_invalid
-from pipework.service.daemon.outcomes import Outcome, outcome_of
+from pipework.service.daemon.outcomes import Outcome, clip_error, outcome_of
 from pipework.service.daemon.registry import TaskRegistryError, load_tasks
 from pipework.service.errors import PipeworkError
 from pipework.service.executor import WorkerService
@@ -659,11 +658,18 @@ class RemoteWorker:
         state = "failed" if outcome.state == "interrupted" else outcome.state
         error = None
         if outcome.error is not None:
-            error = ResultError(
-                type=_clip(outcome.error.get("type") or "Error", 200),
-                message=_clip(outcome.error.get("message", ""), MAX_ERROR_TEXT),
-                traceback=_clip_tail(outcome.error.get("traceback", ""), MAX_ERROR_TEXT),
-            )
+            repaired = {k: _repair(v or "") for k, v in outcome.error.items()}
+            clipped, cut = clip_error(repaired, self._max_message_bytes, "the remote worker's log")
+            if cut:  # the record keeps the clipped text: the whole of it is here
+                _log.warning(
+                    "task error clipped; the full text follows",
+                    task_id=task_id,
+                    task=task,
+                    error_type=repaired.get("type"),
+                    message=repaired.get("message"),
+                    traceback=repaired.get("traceback"),
+                )
+            error = ResultError(**clipped)
         result = None if outcome.result_json is None else json.loads(outcome.result_json)
         msg = ResultMessage(
             session=self._session,
@@ -738,9 +744,3 @@ def _repair(text: str) -> str:
 def _clip(text: str, limit: int) -> str:
     text = _repair(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _clip_tail(text: str, limit: int) -> str:
-    """The end of a traceback is the part that says what happened: keep that."""
-    text = _repair(text)
-    return text if len(text) <= limit else "...\n" + text[-(limit - 4) :]

@@ -88,6 +88,27 @@ class DaemonSettings(BaseSettings):
         default=MAX_MESSAGE_BYTES, ge=1024, le=1 << 30, description="largest request body accepted"
     )
     max_queued: int = Field(default=1_000_000, ge=1, description="unfinished tasks held at most")
+    max_reply_bytes_queued: int = Field(
+        default=32 << 20,
+        ge=1 << 16,
+        description="bytes of replies queued for one client that is not reading them; "
+        "further replies to it are dropped (and counted) until it reads",
+    )
+    max_tasks_per_worker: int | None = Field(
+        default=None, ge=1, description="replace a local worker after this many tasks; None: never"
+    )
+    max_memory_per_worker: int | None = Field(
+        default=None,
+        ge=1,
+        description="replace a local worker whose RSS exceeds this many bytes (checked "
+        "between tasks); None: never",
+    )
+    handshake_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="seconds a new connection may take to finish its ZeroMQ (CURVE) handshake",
+    )
     workers_endpoint: str | None = Field(
         default=None, description="where remote workers connect (tcp://HOST:PORT); None: none"
     )

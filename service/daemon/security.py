@@ -16,7 +16,9 @@ reloading, moving the peer over, then deleting the old file and reloading.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +50,50 @@ class SecurityError(PipeworkError):
 
 
 def needs_curve(endpoint: str) -> bool:
-    """Whether ``endpoint`` leaves the host's filesystem permissions behind (tcp://)."""
-    return endpoint.startswith(("tcp://", "ws://", "wss://"))
+    """Whether ``endpoint`` leaves the host's filesystem permissions behind.
+
+    ``tcp://`` does, and so does ``ipc://@name``: a Linux abstract socket has
+    no file, hence no directory whose permissions could keep other users out.
+    """
+    return endpoint.startswith(("tcp://", "ws://", "wss://", "ipc://@"))
+
+
+class _Throttle:
+    """At most ``burst`` log lines per ``window`` seconds; the rest are counted, then summed up.
+
+    A peer that reconnects in a loop must not turn each refusal into a log
+    line (the disk and the journal fill): the first few are logged, then one
+    line per window says how many were not.
+    """
+
+    def __init__(self, burst: int = 5, window: float = 10.0) -> None:
+        self._burst = burst
+        self._window = window
+        self._lock = threading.Lock()  # the ZAP thread and the loop thread both log
+        self._start = -math.inf
+        self._logged = 0
+        self._suppressed = 0
+
+    def allow(self) -> bool:
+        """Whether to log this refusal (call once per refusal)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._start >= self._window:
+                if self._suppressed:
+                    _log.warning(
+                        "peer refusals not logged",
+                        suppressed=self._suppressed,
+                        seconds=round(now - self._start, 1),
+                    )
+                self._start, self._logged, self._suppressed = now, 0, 0
+            if self._logged < self._burst:
+                self._logged += 1
+                return True
+            self._suppressed += 1
+            return False
+
+
+_refusals_log = _Throttle()
 
 
 class AllowList:
@@ -97,7 +141,7 @@ class AllowList:
     def callback(self, domain: str, z85_key: bytes) -> bool:
         """ZAP: allow a client key in the list; log the ones refused."""
         allowed = self.name_of(z85_key) is not None
-        if not allowed:
+        if not allowed and _refusals_log.allow():
             _log.warning("peer refused: unknown CURVE key", client_key=z85_key.decode())
         return allowed
 
@@ -153,12 +197,21 @@ class CurveServer:
         return monitor
 
     @staticmethod
-    def log_refusals(monitor: zmq.Socket[Any]) -> None:
-        """Log every handshake refusal waiting on ``monitor`` (call when it is readable)."""
+    def log_refusals(monitor: zmq.Socket[Any]) -> int:
+        """Log the handshake refusals waiting on ``monitor`` (call when it is readable).
+
+        Returns:
+            How many there were; a few a second at most are logged, each
+            with its reason, and a summary line counts the others.
+        """
+        count = 0
         while monitor.poll(0):
             event = recv_monitor_message(monitor)
             what = _REFUSALS.get(event["event"])
             if what is not None:
+                count += 1
+                if not _refusals_log.allow():
+                    continue
                 endpoint = event["endpoint"]
                 _log.warning(
                     "peer refused",
@@ -166,6 +219,7 @@ class CurveServer:
                     endpoint=endpoint.decode() if isinstance(endpoint, bytes) else endpoint,
                     errno=event["value"],
                 )
+        return count
 
     def close(self) -> None:
         """Stop the ZAP thread and the monitors."""

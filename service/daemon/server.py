@@ -34,6 +34,7 @@ JSON text.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import heapq
 import json
@@ -43,6 +44,7 @@ import signal
 import stat
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -80,6 +82,7 @@ from pipework.service.daemon.journal import (
 from pipework.service.daemon.outcomes import (
     Outcome,
     canonical_json,
+    clip_error,
     outcome_of,
     worker_lost_message,
 )
@@ -133,6 +136,17 @@ _WORKERS_UP_TIMEOUT = 30.0
 # Bodies this far over max_message_bytes are cut off by libzmq itself (the peer
 # is disconnected, no reply): a hostile client cannot make us buffer gigabytes.
 _HARD_CAP_FACTOR = 8
+# Reading requests stops for a pass once the pass has spent this long on them:
+# its replies go out, and the next pass reads again. ROUTER fair-queues
+# between connections, so a client flooding costly reads (`list limit=1000`,
+# ~7 ms each) gets its share of each pass and the others keep their latency.
+_READ_BUDGET = 0.05
+# A reply this large is sent tracked (libzmq says when it has written it out);
+# so is any reply after this many untracked bytes to the same client. What a
+# client has not drained is then known to within this, and bounded in bytes.
+_TRACK_BYTES = 64 * 1024
+# Forget the send account of a client silent this long with nothing queued.
+_PEER_IDLE = 60.0
 # Queued tasks whose records are kept in memory (so that starting one needs no
 # journal read), at most; the rest wait in the journal alone.
 _HELD = 4096
@@ -159,6 +173,33 @@ class DaemonError(PipeworkError):
     def __init__(self, message: str, exit_code: int = EXIT_CANNOT_START) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@dataclass(slots=True)
+class _Outbox:
+    """What was sent to one client: bytes handed to libzmq, and how far it has written them.
+
+    libzmq queues replies per connection without a byte limit; a client that
+    never reads would make the daemon hold every reply it asked for. Replies
+    go out in order on one connection, so once a tracked reply is written out
+    every reply before it is too: ``sent - written`` is what is still queued.
+    """
+
+    sent: int = 0
+    written: int = 0
+    untracked: int = 0  # bytes since the last tracked reply
+    trackers: deque[tuple[zmq.MessageTracker, int]] = field(default_factory=deque)
+    last: float = 0.0
+    dropping: bool = False  # logged as not reading; logged again once it reads
+
+    def queued(self) -> int:
+        """Bytes handed to libzmq for this client and not yet written to its connection."""
+        trackers = self.trackers
+        while trackers and trackers[0][0].done:
+            self.written = trackers.popleft()[1]
+        if not trackers and self.untracked == 0:
+            self.written = self.sent
+        return self.sent - self.written
 
 
 @dataclass(slots=True)
@@ -211,8 +252,8 @@ def _new_task_id() -> str:
 
 def _prepare_endpoint(endpoint: str, context: zmq.Context[Any]) -> None:
     """Refuse an endpoint another daemon serves; give an ipc socket a private directory."""
-    if not endpoint.startswith("ipc://"):
-        return
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return  # an abstract socket (ipc://@name) has no directory: CURVE guards it
     path = Path(endpoint[len("ipc://") :])
     parent = path.parent
     if not parent.exists():
@@ -285,6 +326,9 @@ class Daemon:
         self._waiter_seq = 0
         self._notify: dict[str, list[Peer]] = {}
         self._out: list[_Frames] = []
+        self._outboxes: dict[bytes, _Outbox] = {}
+        self._next_outbox_sweep = 0.0
+        self._dropped = 0
         self._events_after_reply: list[_Frames] = []
         self._signals: list[int] = []
         self._draining = False
@@ -321,7 +365,8 @@ class Daemon:
         if any(needs_curve(e) for e in endpoints):
             if s.curve_secret_key is None or s.curve_allow_dir is None:
                 raise DaemonError(
-                    "tcp:// endpoints require CURVE: set curve_secret_key (the daemon's "
+                    "tcp:// and abstract ipc://@ endpoints require CURVE (anyone on the "
+                    "host or network can reach them): set curve_secret_key (the daemon's "
                     "NAME.key_secret) and curve_allow_dir (the allowed NAME.key files); "
                     "`pipework keys generate DIR NAME` makes key pairs"
                 )
@@ -356,8 +401,12 @@ class Daemon:
                 retries=0,  # the daemon retries itself, so each attempt is journalled
                 max_pending=max(16, 4 * s.workers),
                 shutdown_timeout=0.0,
+                max_tasks_per_worker=s.max_tasks_per_worker,
+                max_memory_per_worker=s.max_memory_per_worker,
             )
         self._router = self._bind(s.endpoint, CLIENTS)
+        # Full queue to one client: zmq.Again, so it is counted (not dropped silently).
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if s.workers_endpoint is not None:
             self._remotes = RemoteWorkers(
                 self._bind(s.workers_endpoint, WORKERS),
@@ -481,6 +530,10 @@ class Daemon:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         limit = self.settings.max_message_bytes
         sock.setsockopt(zmq.MAXMSGSIZE, max(_HARD_CAP_FACTOR * limit, MAX_MESSAGE_BYTES))
+        # A connection that has not finished its handshake by then is closed:
+        # an unauthenticated peer holds a file descriptor for this long, not
+        # libzmq's default 30 s.
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.settings.handshake_timeout * 1000))
         if self._curve is not None and needs_curve(endpoint):
             self._monitors.append(self._curve.secure(sock, domain))
         try:
@@ -582,7 +635,9 @@ class Daemon:
                 self._read_requests()
             for monitor in self._monitors:
                 if monitor in events:
-                    CurveServer.log_refusals(monitor)
+                    refused = CurveServer.log_refusals(monitor)
+                    if refused and self._metrics is not None:
+                        self._metrics.refused(refused)
             if remotes is not None:
                 ended = remotes.read() if remotes.sock in events else []
                 for event in [*ended, *remotes.tick()]:
@@ -752,9 +807,12 @@ class Daemon:
     def _read_requests(self) -> None:
         assert self._router is not None
         curve = self._curve is not None and needs_curve(self.settings.endpoint)
+        stop_at = time.perf_counter() + _READ_BUDGET
         for i in range(1, _BATCH + 1):
             if i % _REFILL_EVERY == 0 and not self._completions.empty():
                 self._refill()
+            if time.perf_counter() >= stop_at:
+                return  # the rest waits for the next pass; see _READ_BUDGET
             try:
                 if curve:
                     # Frames, not bytes: the sender's CURVE key rides on them.
@@ -794,13 +852,30 @@ class Daemon:
             _log.exception("request failed", request_id=request.id, op=request.op)
             reply = error_reply(request.id, ErrorCode.INTERNAL, f"internal error: {exc!r}", {})
         if reply is not None:
-            self._out.append(peer.frames(reply))
+            self._out.append(peer.frames(self._fit(request.id, reply)))
             if self._acked is not None:
                 self._pass_acks.setdefault(self._acked, []).append((len(self._out) - 1, peer))
         self._acked = None
         if self._events_after_reply:
             self._out.extend(self._events_after_reply)
             self._events_after_reply.clear()
+
+    def _fit(self, request_id: str, reply: bytes) -> bytes:
+        """``reply``, or a ``too_large`` error if it is over ``max_message_bytes``.
+
+        Results and errors are limited when a run ends (``service.daemon.outcomes``),
+        so only what grows beside them (a long history, a list) can get here.
+        """
+        limit = self.settings.max_message_bytes
+        if len(reply) <= limit:
+            return reply
+        return error_reply(
+            request_id,
+            ErrorCode.TOO_LARGE,
+            f"the reply would be {len(reply)} bytes, over max_message_bytes ({limit}); "
+            "ask for less (a smaller list limit), or raise max_message_bytes",
+            {"limit": limit, "size": len(reply)},
+        )
 
     def _ok(self, request: Request, **fields: Any) -> bytes:
         return ok_reply(request.id, request.op, **fields)
@@ -1194,6 +1269,20 @@ class Daemon:
         """Record how one run ended: finish the task, or queue it again."""
         assert self._journal is not None
         rec = run.record  # as it was queued: the run holds its attempt and start
+        if outcome.error is not None:
+            # A task's error goes into replies: clipped, for local and remote runs
+            # alike; the whole of it goes to the log.
+            error, clipped = clip_error(outcome.error, self.settings.max_message_bytes)
+            if clipped:
+                _log.warning(
+                    "task error clipped; the full text follows",
+                    task_id=rec.task_id,
+                    task=rec.name,
+                    error_type=outcome.error.get("type"),
+                    message=outcome.error.get("message"),
+                    traceback=outcome.error.get("traceback"),
+                )
+                outcome = dataclasses.replace(outcome, error=error)
         state = outcome.state
         if self._metrics is not None:
             self._metrics.run_ended(rec.name, state, time.time() - run.started_at)
@@ -1333,20 +1422,80 @@ class Daemon:
             done = self._get(rec.task_id)
         for waiter in waiters:
             waiter.done = True
-            self._out.append(waiter.peer.frames(task_reply(waiter.peer.request_id, "result", done)))
+            body = self._fit(
+                waiter.peer.request_id, task_reply(waiter.peer.request_id, "result", done)
+            )
+            self._out.append(waiter.peer.frames(body))
         for peer in peers:
-            self._out.append(peer.frames(event(peer.request_id, done)))
+            body = event(peer.request_id, done)
+            if len(body) <= self.settings.max_message_bytes:
+                self._out.append(peer.frames(body))
+            # else: not pushed; the client asks with `result`, which says why.
 
     def _send(self) -> None:
+        """Send the replies of this pass; drop (and count) those for a client not reading."""
         assert self._router is not None
         out, self._out = self._out, []
+        budget = max(self.settings.max_reply_bytes_queued, 2 * self.settings.max_message_bytes)
+        now = time.monotonic()
         for frames in out:
+            identity, body = frames[0], frames[-1]
+            size = len(body)
+            box = self._outboxes.get(identity)
+            if box is None:
+                box = self._outboxes[identity] = _Outbox()
+            box.last = now
+            queued = box.queued()
+            if queued and queued + size > budget:
+                # It has a budget's worth of replies it has not read: drop
+                # this one (it can ask again) rather than hold it in memory.
+                self._drop(box, "not_reading", queued=queued, size=size)
+                continue
+            track = size >= _TRACK_BYTES or box.untracked + size >= _TRACK_BYTES
             try:
-                self._router.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.Again:
-                # That client stopped reading and its queue is full: drop the
-                # reply, as ROUTER does for an unknown peer. It can ask again.
-                _log.warning("client not reading; reply dropped")
+                if track:
+                    last = zmq.Frame(body, track=True, copy=False, copy_threshold=0)
+                    self._router.send_multipart([*frames[:-1], last], zmq.NOBLOCK, copy=False)
+                else:
+                    self._router.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:  # libzmq's own per-client message limit (SNDHWM)
+                self._drop(box, "not_reading", queued=queued, size=size)
+                continue
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: it disconnected meanwhile
+                self._outboxes.pop(identity, None)
+                self._dropped += 1
+                if self._metrics is not None:
+                    self._metrics.dropped("gone")
+                _log.debug("client gone; reply dropped", error=str(exc))
+                continue
+            box.sent += size
+            if track:
+                assert last.tracker is not None
+                box.trackers.append((last.tracker, box.sent))
+                box.untracked = 0
+            else:
+                box.untracked += size
+            if box.dropping:
+                box.dropping = False
+                _log.info("client reading again", queued=box.sent - box.written)
+        if now >= self._next_outbox_sweep:
+            self._next_outbox_sweep = now + _PEER_IDLE
+            for identity, box in list(self._outboxes.items()):
+                if now - box.last > _PEER_IDLE and box.queued() == 0:
+                    del self._outboxes[identity]
+
+    def _drop(self, box: _Outbox, reason: str, **fields: int) -> None:
+        """Count a reply not sent; log the first of a run of them for one client."""
+        self._dropped += 1
+        if self._metrics is not None:
+            self._metrics.dropped(reason)
+        if not box.dropping:
+            box.dropping = True
+            _log.warning(
+                "client not reading; its replies are dropped until it reads",
+                limit=self.settings.max_reply_bytes_queued,
+                **fields,
+            )
 
     # -- metrics and the status page ------------------------------------------------
 

@@ -20,6 +20,7 @@ settled twice.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 
 import zmq
 
-from pipework.protocol.errors import ProtocolError
+from pipework.protocol.errors import ErrorCode, ProtocolError
 from pipework.protocol.workers import (
     RESULT_OVERHEAD,
     Bye,
@@ -43,6 +44,14 @@ from pipework.service.logs import get_logger
 __all__ = ["RemoteEvent", "RemoteWorkers", "Session"]
 
 _log = get_logger("pipework.remotes")
+
+# The head of a result message, before its result: every field up to
+# "attempt" is a flat string or number. Enough to tell which run a result the
+# daemon cannot read (too large, too deep) was for, so that run ends.
+_RESULT_HEAD = re.compile(
+    rb'\A\{[^\[\]{}]{0,400}?"task_id"\s*:\s*"([^"\\]{1,64})"\s*,\s*"attempt"\s*:\s*(\d{1,9})'
+)
+_IS_RESULT = re.compile(rb'"type"\s*:\s*"result"')
 _BATCH = 1024
 
 
@@ -254,6 +263,8 @@ class RemoteWorkers:
             msg = decode_worker_message(body, self._max_bytes + RESULT_OVERHEAD)
         except ProtocolError as exc:
             _log.warning("bad message from a remote worker; dropped", error=str(exc))
+            if len(body) == 1:
+                self._unreadable_result(identity, bytes(body[0][:512]), exc, events)
             return
         now = time.monotonic()
         if isinstance(msg, Hello):
@@ -284,6 +295,32 @@ class RemoteWorkers:
             self._end(session, events, "said bye")
         elif not isinstance(msg, Heartbeat):
             _log.warning("unexpected message from a remote worker", type=msg.type)
+
+    def _unreadable_result(
+        self, identity: bytes, head: bytes, error: ProtocolError, events: list[RemoteEvent]
+    ) -> None:
+        """A result that cannot be decoded fails its run, rather than leave it running."""
+        session = self._sessions.get(self._by_identity.get(identity, ""))
+        match = _RESULT_HEAD.match(head)
+        if session is None or match is None or not _IS_RESULT.search(head[: match.end()]):
+            return
+        task_id, attempt = match.group(1).decode(), int(match.group(2))
+        if session.held.get(task_id) != attempt:
+            return
+        del session.held[task_id]
+        session.started.pop(task_id, None)
+        if error.code == ErrorCode.TOO_LARGE:
+            kind = "ResultTooLarge"
+        elif "nested too deeply" in error.message:
+            kind = "ResultTooDeep"
+        else:
+            kind = "ResultUnreadable"
+        message = f"the remote worker {session.where} sent a result the daemon cannot read: "
+        outcome = Outcome(
+            "failed",
+            error={"type": kind, "message": message + error.message, "traceback": ""},
+        )
+        events.append(RemoteEvent(task_id, attempt, outcome, session.where))
 
     def _hello(self, identity: bytes, msg: Hello, now: float, events: list[RemoteEvent]) -> None:
         tasks = frozenset(msg.tasks) & self._registered

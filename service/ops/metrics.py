@@ -22,6 +22,8 @@
 | ``pipework_journal_failures_total`` | counter | | journal commits or writes that failed |
 | ``pipework_tasks_unrunnable_total`` | counter | reason | journalled tasks ended without a run: |
 |  |  |  | ``UnknownTask`` (name not registered), ``BadRecord`` |
+| ``pipework_replies_dropped_total`` | counter | reason | replies not sent (below) |
+| ``pipework_peers_refused_total`` | counter | | connections refused at the CURVE handshake |
 
 A worker restart's cause is ``died`` (a run ended ``worker_lost``: its worker
 process, or a remote worker's session, was lost), ``timeout`` (its worker was
@@ -31,6 +33,10 @@ finishes its task). Every run that ends on its own (done, failed, timed out,
 its worker lost) is one duration observation, so a retried task gives one per
 attempt; a run cancelled by a client, or ``interrupted`` by the daemon
 stopping, gives none.
+
+A reply is dropped with reason ``not_reading`` when its client has
+``max_reply_bytes_queued`` of replies queued already (it does not read them),
+``gone`` when the client disconnected before it was sent.
 
 Only the daemon's loop thread calls the recording methods; the HTTP thread
 only reads (prometheus_client's values take their own lock). Label values are
@@ -59,9 +65,10 @@ from prometheus_client import (
     start_http_server,
 )
 
-__all__ = ["RESTART_CAUSES", "Metrics", "MetricsServer"]
+__all__ = ["DROP_REASONS", "RESTART_CAUSES", "Metrics", "MetricsServer"]
 
 RESTART_CAUSES: Final = ("died", "timeout", "recycled", "cancelled")
+DROP_REASONS: Final = ("not_reading", "gone")
 _DURATION_BUCKETS: Final = (
     0.001,
     0.005,
@@ -166,6 +173,18 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
+        self._dropped = Counter(
+            "pipework_replies_dropped",
+            "Replies not sent: the client did not read (not_reading) or was gone (gone).",
+            ["reason"],
+            registry=reg,
+        )
+        self._refused = Counter(
+            "pipework_peers_refused",
+            "Connections refused at the CURVE handshake (logged at most a few a second).",
+            registry=reg,
+        )
+        self._dropped_of = {why: self._dropped.labels(why) for why in DROP_REASONS}
         # Children by label values: .labels() takes a lock and builds a key each call.
         self._accepted_of = {name: self._accepted.labels(name) for name in tasks}
         self._tasks_of: dict[tuple[str, str], Counter] = {}
@@ -205,6 +224,14 @@ class Metrics:
     def restarted(self, cause: str, workers: int = 1) -> None:
         """``workers`` workers were (or are being) replaced for ``cause`` (``RESTART_CAUSES``)."""
         self._restarts_of[cause].inc(workers)
+
+    def dropped(self, reason: str, replies: int = 1) -> None:
+        """``replies`` replies were not sent, for ``reason`` (``DROP_REASONS``)."""
+        self._dropped_of[reason].inc(replies)
+
+    def refused(self, peers: int = 1) -> None:
+        """``peers`` connections failed the CURVE handshake."""
+        self._refused.inc(peers)
 
     def committed(self, seconds: float) -> None:
         """A journal flush committed something in ``seconds``."""

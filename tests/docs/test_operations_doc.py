@@ -52,6 +52,9 @@ NOT_SETTINGS = {
     "journal_error": "service/daemon/server.py",
     "quick_check": "service/daemon/journal.py",
     "integrity_check": "service/daemon/journal.py",
+    "too_large": "protocol/errors.py",
+    "queue_full": "protocol/errors.py",
+    "bad_json": "protocol/errors.py",
 }
 """snake_case words the page quotes that are not settings, with a file that uses each."""
 LEVELS = {"debug", "info", "warning", "error", "exception"}
