@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from pipework.service import ServiceClosed, WorkerService
-from tests import tasks
+from tests import tasks, tasks_more
+from tests import tasks_faults as faults
 from tests.support.processes import wait_gone
 from tests.support.waiting import wait_until
 
@@ -28,8 +29,12 @@ def test_shutdown_wait_runs_every_accepted_task(make_pool) -> None:
 
 def test_cancel_futures_resolves_every_pending_future_at_once(make_pool, tmp_path: Path) -> None:
     pool: WorkerService = make_pool(1)
-    mark = tmp_path / "started"
-    running = pool.submit(tasks.touch_then, str(mark), "sleep_then", 0.5, "ran")
+    mark, gate = tmp_path / "started", tmp_path / "gate"
+    # The one worker holds this task until the gate opens (not for a while: under load,
+    # a sleep ended before the 50 submits did, and the worker took one of them).
+    running = pool.submit(
+        faults.record_pid_then, str(mark), tasks_more.wait_for_path, str(gate), "ran"
+    )
     wait_until(mark.exists)
     pending = [pool.submit(tasks.square, i) for i in range(50)]
     pool.shutdown(wait=False, cancel_futures=True)
@@ -37,6 +42,7 @@ def test_cancel_futures_resolves_every_pending_future_at_once(make_pool, tmp_pat
     assert not not_done
     assert all(f.cancelled() for f in pending)
     assert len(list(cf.as_completed(pending, timeout=1.0))) == 50
+    gate.touch()
     assert running.result(timeout=30) == "ran"
 
 
@@ -107,7 +113,8 @@ EXIT_SCRIPT = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from pipework.service import WorkerService
-    from tests import tasks
+    from tests import tasks, tasks_more
+from tests import tasks_faults as faults
 
     if __name__ == "__main__":
         out = Path(sys.argv[1])

@@ -20,13 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from pipework.service.cli.keys import generate
 from tests.daemon.netns import Host, host_pair, require_netns
 from tests.support.daemons import TASKS_MODULE, DaemonFactory
-from tests.support.processes import REPO, clean_env, wait_gone
+from tests.support.processes import REPO, ProcessTree, clean_env
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -65,12 +64,9 @@ class Workers:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.tree: dict[int, set[int]] = {}
+        self.procs: list[ProcessTree] = []
 
-    def start(
-        self, host: Host, connect: str, keys: dict[str, Path], slots: int = 2
-    ) -> subprocess.Popen[bytes]:
+    def start(self, host: Host, connect: str, keys: dict[str, Path], slots: int = 2) -> ProcessTree:
         n = len(self.procs)
         argv = host.command(
             sys.executable,
@@ -92,39 +88,33 @@ class Workers:
             proc = subprocess.Popen(
                 argv, cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL, stderr=err
             )
-        self.procs.append(proc)
-        return proc
+        self.procs.append(ProcessTree(proc, interval=0.05))
+        return self.procs[-1]
 
     def log(self, n: int) -> str:
         """What the ``n``-th worker started has written to stderr so far."""
         return (self.base / f"worker-{n}.err").read_text(errors="replace")
 
-    def descendants(self, proc: subprocess.Popen[bytes]) -> set[int]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            self.tree.setdefault(proc.pid, set()).update(
-                p.pid for p in psutil.Process(proc.pid).children(recursive=True)
-            )
-        return self.tree.get(proc.pid, set())
-
-    def kill_tree(self, proc: subprocess.Popen[bytes]) -> None:
+    def kill_tree(self, tree: ProcessTree) -> None:
         """SIGKILL the remote worker and every process under it: the whole "host" dies."""
-        for pid in [proc.pid, *self.descendants(proc)]:
+        tree.track()
+        for pid in [tree.pid, *tree.descendants]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        proc.wait(10)
+        tree.proc.wait(10)
 
     def close(self) -> list[int]:
         survivors: list[int] = []
-        for proc in self.procs:
-            family = self.descendants(proc)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for tree in self.procs:
+            if tree.running():
+                tree.track()
+                tree.proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(15)
+                    tree.proc.wait(15)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-            left = wait_gone(family, 3.0)
+                    tree.kill()
+            tree.stop_watching()
+            left = tree.wait_descendants_gone(3.0)
             for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -201,7 +191,6 @@ def test_killing_a_remote_host_mid_task_retries_its_tasks(
     wait_until(lambda: len(remote_slots(d)) == 2, 20, "the first remote worker")
     ids = [d.submit("sleep", 0.4, retries=2)["task_id"] for _ in range(12)]
     wait_until(lambda: any(s["task_id"] for s in remote_slots(d)), 20, "tasks running remotely")
-    workers.descendants(victim)
     workers.kill_tree(victim)
     workers.start(b, connect, keys, slots=2)
     results = [d.result(t, wait=60) for t in ids]
