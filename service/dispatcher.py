@@ -297,8 +297,10 @@ class Dispatcher:
             frames = handle.channel.recv()
         except TransportBroken:
             # It closed its end: it is exiting. The sentinel will say so; make
-            # sure it does even if the process lingers.
-            self._sel.unregister(handle.channel.fileno())
+            # sure it does even if the process lingers. (One pass may get here
+            # twice, from its descriptor and from pending().)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(handle.channel.fileno())
             if handle.kill_at is None:
                 handle.kill_at = now + STOP_GRACE
             return
@@ -373,6 +375,7 @@ class Dispatcher:
 
     def _reap(self, handle: WorkerHandle, now: float) -> None:
         """The worker's process has exited: settle what it held and forget it."""
+        self._sup.bury(handle)  # before join: an unreaped worker pins its group's id
         handle.process.join(1.0)  # the sentinel fired, so this returns at once
         self._drain(handle, handle.process.exitcode, now)
         exitcode = handle.process.exitcode

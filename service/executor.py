@@ -393,7 +393,11 @@ class WorkerService(Executor):
             buffersize: chunks kept in flight ahead of the reader.
 
         Raises:
-            Whatever ``fn`` raised, when its result is reached.
+            Whatever ``fn`` raised, when its result is reached. Whatever the
+            input raised: from ``map()`` itself if it raised while ``map()``
+            read the first ``buffersize`` chunks (as ``concurrent.futures``,
+            which reads it all there), else after the result of every item
+            read before it. Items read before it run in both cases.
         """
         return self._map(self.submit, fn, iterables, timeout, chunksize, buffersize)
 
@@ -501,9 +505,17 @@ class _Chunks(Iterator[list[Any]]):
         self._items = items
         self.auto = size is None
         self.size = 1 if size is None else size
+        self.error: Exception | None = None
+        """What the input raised, until ``map`` places it; the chunk before holds what it read."""
 
     def __next__(self) -> list[Any]:
-        chunk = list(itertools.islice(self._items, self.size))
+        chunk: list[Any] = []
+        try:
+            # extend() keeps the items read before the input raises.
+            chunk.extend(itertools.islice(self._items, self.size))
+        except Exception as exc:  # the caller's input: delivered where it stood
+            self.error = exc
+            self._items = iter(())
         if not chunk:
             raise StopIteration
         return chunk
@@ -556,14 +568,21 @@ class _InFlight:
         return True
 
     def refill(self) -> None:
-        # Past the first chunks, a chunk that cannot be submitted fails where
-        # its items are, so the results before it are still delivered.
+        # Past the first chunks, a chunk that cannot be submitted, or an input
+        # that raises, fails where its items are, so the results before it are
+        # still delivered.
         try:
             self.submit_next()
         except PipeworkError as exc:
-            failed: Future[list[Any]] = Future()
-            failed.set_exception(exc)
-            self.futures.append(failed)
+            self.fail_here(exc)
+        if self.chunks.error is not None:
+            self.fail_here(self.chunks.error)
+            self.chunks.error = None
+
+    def fail_here(self, exc: BaseException) -> None:
+        failed: Future[list[Any]] = Future()
+        failed.set_exception(exc)
+        self.futures.append(failed)
 
     def close(self) -> None:
         while self.futures:
@@ -613,6 +632,13 @@ class _MapIterator(Iterator[T]):
         except BaseException:
             self._flight.close()  # as in concurrent.futures, map() raises for its first chunks
             raise
+        error = chunks.error
+        if error is not None:
+            # As in concurrent.futures, which reads its whole input in map():
+            # map() raises it, and what was submitted before it still runs.
+            self._flight.futures.clear()
+            chunks.error = None
+            raise error
         self._items: Iterator[T] = itertools.chain.from_iterable(_results(self._flight))
 
     def __iter__(self) -> Iterator[T]:

@@ -13,6 +13,13 @@ and signals go through a pidfd opened at start (or, without pidfds, only to
 a child not yet reaped), so they can never reach a process that reused a
 worker's pid. Timeouts escalate from SIGTERM to SIGKILL after
 ``KILL_GRACE``, so a task that ignores SIGTERM or spins in C still stops.
+
+What a task starts goes with its worker. Each worker leads its own process
+group, and every signal meant to kill a worker also goes to its group; the
+first one also walks the worker's process tree for descendants that left the
+group (setsid) and signals them too. When a worker is gone, whatever is
+left in its group is SIGKILLed (``bury``). Out of reach: a process that left
+the group *and* the tree (a daemon whose parent exited before the kill).
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ class WorkerHandle:
         "sent",
         "service_time",
         "state",
+        "strays",
         "tasks",
         "writing",
     )
@@ -94,6 +102,8 @@ class WorkerHandle:
         self.pid: int | None = process.pid
         self.pidfd: int | None = None
         self.lifeline: int | None = None
+        self.strays: list[Any] | None = None
+        """Descendants outside the worker's group (``psutil.Process``), found at the first kill."""
         self.channel = channel
         self.state = WorkerState.STARTING
         self.tasks: collections.deque[Task] = collections.deque()
@@ -161,10 +171,10 @@ class Supervisor:
         """Start one worker; it announces READY (or INIT_FAILED) on its channel."""
         channel, endpoint = self.transport.pair()
         # The lifeline's write end lives only here: it hangs up in the worker
-        # when this process dies, whatever the transport. (Under forkserver
-        # the worker's parent is the fork server, which every worker keeps
-        # alive by holding its "alive" pipe, so the parent-death signal and a
-        # ppid check alone would never fire.)
+        # when this process dies, whatever the transport, and the kernel then
+        # SIGKILLs the worker (see worker._die_with_parent). Under forkserver
+        # the worker's parent is the fork server, so the parent-death signal
+        # alone fires only once the fork server has exited too.
         lifeline_r, lifeline_w = os.pipe()
         lifeline = Connection(lifeline_r, writable=False)
         own_fds = [*self.transport.inheritable_fds(channel), lifeline_w]
@@ -214,20 +224,22 @@ class Supervisor:
 
     @staticmethod
     def signal(handle: WorkerHandle, sig: signal.Signals) -> None:
-        """Send ``sig`` to the worker, and never to a process that reused its pid."""
-        if handle.pidfd is not None:
-            # A pidfd names the process itself: once it is gone, this fails
-            # instead of reaching whoever got its pid (with forkserver the
-            # fork server reaps workers at once, so "unreaped" guarantees nothing).
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(handle.pidfd, sig)
-            return
-        popen = handle.process._popen  # type: ignore[attr-defined]
-        # Popen only signals while returncode is None, i.e. before waitpid
-        # reaped the child (our child: its pid cannot be reused until then).
-        if popen is not None and popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(popen.pid, sig)
+        """Send ``sig`` to the worker and to what its tasks started, to kill them.
+
+        Never reaches a process that reused the worker's pid (but see
+        ``_signal_group`` for its group, once the worker is reaped).
+        """
+        unreaped = _signal_worker(handle, 0)
+        if unreaped and handle.strays is None:
+            # Before any signal: once the worker dies, the tree below it falls apart.
+            handle.strays = _strays(handle.pid)
+        _signal_group(handle, sig, unreaped)  # the group holds the worker too...
+        _signal_worker(handle, sig)  # ...unless it has not made its group yet
+
+    @staticmethod
+    def bury(handle: WorkerHandle) -> None:
+        """SIGKILL what the tasks of a worker that exited left behind (call before joining it)."""
+        _signal_group(handle, signal.SIGKILL, _signal_worker(handle, 0))
 
     def forget(self, handle: WorkerHandle) -> None:
         """Release a reaped worker's channel and process handles."""
@@ -257,6 +269,74 @@ class Supervisor:
             handle.kill_at = None
             return None
         return handle.kill_at
+
+
+def _signal_worker(handle: WorkerHandle, sig: int) -> bool:
+    """Send ``sig`` (0: none) to the worker; True if it was not reaped yet."""
+    if handle.pidfd is not None:
+        # A pidfd names the process itself: once it is reaped, this fails
+        # instead of reaching whoever got its pid (with forkserver the
+        # fork server reaps workers at once, so "unreaped" guarantees nothing).
+        try:
+            signal.pidfd_send_signal(handle.pidfd, sig)
+        except ProcessLookupError:
+            return False
+        return True
+    popen = handle.process._popen  # type: ignore[attr-defined]
+    # Popen only signals while returncode is None, i.e. before waitpid
+    # reaped the child (our child: its pid cannot be reused until then).
+    if popen is not None and popen.returncode is None:
+        try:
+            os.kill(popen.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+    return False
+
+
+def _signal_group(handle: WorkerHandle, sig: int, unreaped: bool) -> None:
+    """Send ``sig`` to the worker's process group and to the strays found at its first kill."""
+    pgid = handle.pid
+    # The group's id is the worker's pid, which cannot name another process
+    # while the worker is unreaped, nor while any member of its group lives.
+    # Once the worker is reaped and its group is empty, the number is free:
+    # if /proc shows a process with it, that is someone else, who may lead a
+    # group of their own. (Without /proc, only an unreaped worker's group.)
+    # Left open: the number being handed out between that look and killpg,
+    # which takes the kernel's pid counter wrapping round in microseconds.
+    if pgid is not None and (unreaped or _proc_free(pgid)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    if handle.strays:
+        import psutil  # noqa: PLC0415  (loaded already: it found the strays)
+
+        for stray in handle.strays:
+            # psutil checks the pid still names the process it found (its start time).
+            with contextlib.suppress(psutil.Error):
+                stray.send_signal(sig)
+
+
+def _proc_free(pid: int) -> bool:
+    """True if /proc exists and shows no process ``pid``."""
+    return os.path.isdir("/proc/self") and not os.path.exists(f"/proc/{pid}")
+
+
+def _strays(pid: int | None) -> list[Any]:
+    """The worker's descendants that are not in its process group (they called setsid)."""
+    if pid is None:
+        return []
+    import psutil  # noqa: PLC0415  (only a kill pays for it)
+
+    strays = []
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    for proc in descendants:
+        with contextlib.suppress(OSError):
+            if os.getpgid(proc.pid) != pid:
+                strays.append(proc)
+    return strays
 
 
 def monotonic() -> float:

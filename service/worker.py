@@ -9,9 +9,10 @@
 A worker runs one task at a time. It turns every outcome into a frame, so
 an exception or a result that cannot be pickled fails that task only. It
 ignores SIGINT and SIGHUP (Ctrl-C and a hang-up are the parent's to handle)
-and dies with its parent: the kernel's parent-death signal, plus a watchdog thread that sees its
-lifeline pipe (whose write end only the dispatcher holds) hang up or its
-parent change, so no worker outlives its dispatcher.
+and dies with the dispatcher's process, even inside a C call that holds the
+GIL: the kernel SIGKILLs it when its lifeline pipe (whose write end only the
+dispatcher holds) hangs up, or when its parent dies; a watchdog thread is the
+fallback where the kernel cannot. So no worker outlives its dispatcher.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import fcntl
 import itertools
 import os
 import pickle
@@ -129,19 +131,67 @@ def _run(payload: Payload, buffers: tuple[Payload, ...]) -> tuple[Kind, bytes, l
 
 
 def _die_with_parent(config: WorkerConfig, lifeline: int) -> None:
-    # The kernel signal covers a worker stuck in C code holding the GIL; the
-    # watchdog covers forkserver, where the parent is the fork server.
+    # Three lifelines, because a task may hold the GIL in one C call for
+    # hours (no thread of ours runs then) and ignore every catchable signal:
+    # - the lifeline pipe itself, armed with O_ASYNC so that the kernel sends
+    #   us SIGKILL the moment its only writer, the dispatcher's process, is
+    #   gone, whoever our parent is (a fork server, under forkserver);
+    # - the parent-death signal, for a parent that is the dispatcher's process;
+    # - a watchdog thread, for platforms without either.
     if sys.platform.startswith("linux"):
         # CDLL(None) is the process's own symbol table, which includes libc;
         # find_library("c") would run ldconfig in a subprocess.
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        _kill_me_on_hangup(lifeline)
+    _leave_fork_server()
     ppid = os.getppid()
     if ppid == 1 or (config.parent_pid and ppid != config.parent_pid):
         os._exit(ORPHAN_EXITCODE)  # the parent died before prctl took effect
+    hung_up = select.poll()
+    hung_up.register(lifeline, 0)
+    if hung_up.poll(0):
+        os._exit(ORPHAN_EXITCODE)  # the dispatcher died before O_ASYNC took effect
     watchdog = threading.Thread(
         target=_watch_parent, args=(lifeline, ppid), name="pipework-watchdog", daemon=True
     )
     watchdog.start()
+
+
+def _kill_me_on_hangup(fd: int) -> None:
+    """Have the kernel SIGKILL this process's group when the last writer of pipe ``fd`` closes it.
+
+    A pipe whose last writer goes away signals the readers that asked for
+    O_ASYNC, and F_SETSIG picks the signal: SIGKILL needs neither the GIL nor
+    our cooperation. Nobody ever writes to the lifeline, so hang-up is the
+    only event it can signal. The owner is our process group (a negative
+    owner), so what our tasks started in it dies with us.
+    """
+    me = os.getpid()
+    fcntl.fcntl(fd, fcntl.F_SETOWN, -me if os.getpgrp() == me else me)
+    fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGKILL)  # before O_ASYNC: never a stray SIGIO
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+
+
+def _leave_fork_server() -> None:
+    """Close the fork server's "alive" pipe that multiprocessing handed this worker.
+
+    multiprocessing gives every process the fork server forks the write end
+    of the server's "alive" pipe (and a fork child inherits its parent's),
+    and the server exits only once every copy is closed. Kept, it would keep
+    the fork server (and the resource tracker) alive as long as any worker
+    lives, and a worker whose dispatcher died would never see its parent die.
+    Forgetting the server also lets a task that uses forkserver itself start
+    its own instead of talking to one it does not own.
+    """
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    for name in ("_forkserver_alive_fd", "_forkserver_address", "_forkserver_pid"):
+        setattr(server, name, None)
 
 
 def _watch_parent(lifeline: int, ppid: int) -> None:
@@ -167,6 +217,10 @@ def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig, lifeline: Connec
     # the parent's to act on (drain, rolling restart), not a reason to die mid-task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Our own process group, whose id is our pid: what a task starts joins it,
+    # and the dispatcher kills the group with us (see service.supervisor).
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     channel: WorkerChannel = endpoint.open()
     _die_with_parent(config, lifeline.fileno())
     rss: Callable[[], int] | None = None

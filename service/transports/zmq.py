@@ -14,6 +14,16 @@ ZeroMQ delivers whole messages or nothing. The dispatcher already gives each
 worker work only when it has credit (it announced READY and holds no task),
 so it knows exactly which worker holds which task.
 
+Any local process can reach a worker's endpoint (a ``tcp://`` port; an
+``ipc://`` socket, by a process of the same user). Each worker's routing id
+therefore carries 128 random bits, handed to it through the process start, never
+over the socket: it is the worker's secret in the ZMTP handshake, which no
+stranger can guess, and ``ROUTER_HANDOVER`` is off, so no later connection can
+take over an id in use. A message from any other peer is dropped and counted
+(``ZmqTransport.dropped``) without being decoded, let alone unpickled; only the
+worker's own connection (known by its descriptor, ``SRCFD``) counts when the
+socket monitor reports a disconnect.
+
 Socket options are set explicitly: ``ROUTER_MANDATORY`` (a send to a worker
 that is not connected fails instead of vanishing), high-water marks,
 ``MAXMSGSIZE``, and ``LINGER=0`` in the dispatcher (closing never waits for a
@@ -34,6 +44,7 @@ disconnect, ``lost()`` says so, and the dispatcher kills and replaces it.
 from __future__ import annotations
 
 import collections
+import secrets
 import shutil
 import struct
 import tempfile
@@ -43,6 +54,7 @@ from typing import Literal
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from pipework.service.logs import get_logger
 from pipework.service.transports.base import (
     ParentChannel,
     TransportBroken,
@@ -75,6 +87,17 @@ WORKER_LINGER_MS = 5000
 """How long a worker's socket may take, at exit, to hand over its last frames."""
 
 Where = Literal["ipc", "tcp"]
+
+_log = get_logger("pipework.transport")
+
+
+class _Strangers:
+    """Messages dropped because they came from a peer that is not the channel's worker."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 def _heartbeat(sock: zmq.Socket[bytes], timeout: float) -> None:
@@ -114,15 +137,23 @@ def _decode(parts: Sequence[zmq.Frame]) -> Frame:
 
 
 class _ParentZmqChannel:
-    """Dispatcher side: a ROUTER with exactly one peer."""
+    """Dispatcher side: a ROUTER with exactly one peer that counts, its worker."""
 
-    def __init__(self, sock: zmq.Socket[bytes], peer: bytes) -> None:
+    def __init__(
+        self, sock: zmq.Socket[bytes], peer: bytes, address: str, strangers: _Strangers
+    ) -> None:
         self._sock = sock
         self._peer = peer
+        self._address = address
+        self._strangers = strangers
+        self._stranger_seen = False
+        self._peer_fd: int | None = None
+        """The descriptor of the worker's connection, once it has said something."""
         self._monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._fd = int(sock.getsockopt(zmq.FD))
         self._out: collections.deque[list[bytes | memoryview]] = collections.deque()
         self._closed = False
+        self._broken = False
 
     def fileno(self) -> int:
         return self._fd
@@ -131,20 +162,30 @@ class _ParentZmqChannel:
         return -1
 
     def pending(self) -> bool:
-        if self._closed:
+        if self._closed or self._broken:
             return False
         return bool(int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
     def lost(self) -> bool:
         if self._closed:
             return False
+        return self._peer_disconnected()
+
+    def _peer_disconnected(self) -> bool:
+        """Read the monitor's events; True if one is the worker's connection closing.
+
+        A stranger that connects and hangs up makes the same event: only the
+        descriptor tells them apart. Before the worker has spoken its
+        descriptor is unknown, and its death shows through its sentinel.
+        """
         gone = False
         while True:
             try:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return gone
-            gone = gone or event["event"] == zmq.EVENT_DISCONNECTED
+            if event["event"] == zmq.EVENT_DISCONNECTED and int(event["value"]) == self._peer_fd:
+                gone = True
 
     def send(
         self, kind: Kind, task_id: int, payload: bytes, buffers: Sequence[memoryview] = ()
@@ -173,6 +214,8 @@ class _ParentZmqChannel:
     def recv(self) -> list[Frame]:
         if self._closed:
             raise TransportClosed("channel is closed")
+        if self._broken:
+            raise TransportBroken("the worker sent a malformed message")
         frames: list[Frame] = []
         for _ in range(_RECV_BUDGET):
             try:
@@ -182,9 +225,29 @@ class _ParentZmqChannel:
             except zmq.ZMQError as exc:
                 raise TransportBroken("cannot receive from worker") from exc
             if parts[0].bytes != self._peer:
-                raise TransportBroken("message from an unknown peer")
-            frames.append(_decode(parts[1:]))
+                self._drop(parts[0].bytes)
+                continue
+            if self._peer_fd is None:
+                # Events so far are about earlier connections, which may have
+                # had this descriptor number: settle them before claiming it.
+                self._peer_disconnected()
+                self._peer_fd = int(parts[0].get(zmq.SRCFD))
+            try:
+                frames.append(_decode(parts[1:]))
+            except TransportBroken:
+                self._broken = True  # it is ours and it is broken: its sentinel follows
+                raise
         return frames
+
+    def _drop(self, sender: bytes) -> None:
+        self._strangers.count += 1
+        if not self._stranger_seen:  # once per worker: a stranger must not flood the log
+            self._stranger_seen = True
+            _log.warning(
+                "dropped a message from an unknown peer on a worker's endpoint",
+                endpoint=self._address,
+                peer=sender[:16].hex(),
+            )
 
     def close(self) -> None:
         if not self._closed:
@@ -273,6 +336,12 @@ class ZmqTransport:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._dir: str | None = None
         self._count = 0
+        self._strangers = _Strangers()
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped so far because they came from a peer that is not a worker."""
+        return self._strangers.count
 
     def _context(self) -> zmq.Context[zmq.Socket[bytes]]:
         if self._ctx is None:
@@ -285,6 +354,7 @@ class ZmqTransport:
         sock = self._context().socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 0)  # the first holder of an id keeps it
         sock.setsockopt(zmq.SNDHWM, _HWM)
         sock.setsockopt(zmq.RCVHWM, _HWM)
         sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE)
@@ -299,9 +369,10 @@ class ZmqTransport:
         except BaseException:
             sock.close(linger=0)
             raise
-        peer = b"w%d" % self._count
+        # The worker's secret (see the module docstring); "w<n>." keeps logs readable.
+        peer = b"w%d." % self._count + secrets.token_hex(16).encode()
         endpoint = _ZmqEndpoint(address, peer, self._heartbeat_timeout)
-        return _ParentZmqChannel(sock, peer), endpoint
+        return _ParentZmqChannel(sock, peer, address, self._strangers), endpoint
 
     def started(self, endpoint: WorkerEndpoint) -> None:
         pass
