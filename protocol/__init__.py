@@ -47,6 +47,7 @@ from pipework.protocol.codec import (
 from pipework.protocol.endpoint import default_endpoint, runtime_dir
 from pipework.protocol.errors import ErrorCode, ProtocolError, TaskFailed, Unavailable
 from pipework.protocol.messages import (
+    FAILURE_STATES,
     OPERATIONS,
     PROTOCOL_VERSION,
     TERMINAL_STATES,
@@ -106,6 +107,7 @@ if TYPE_CHECKING:
     from pipework.protocol.curve import use_curve
 
 __all__ = [
+    "FAILURE_STATES",
     "MAX_ERROR_TEXT",
     "MAX_MESSAGE_BYTES",
     "OPERATIONS",

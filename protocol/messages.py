@@ -36,6 +36,7 @@ from pydantic_core import core_schema
 from pipework.protocol.errors import ErrorCode
 
 __all__ = [
+    "FAILURE_STATES",
     "OPERATIONS",
     "PROTOCOL_VERSION",
     "REPLY_ADAPTER",
@@ -110,6 +111,11 @@ TERMINAL_STATES: frozenset[TaskState] = frozenset(
     }
 )
 """The states a task never leaves."""
+
+FAILURE_STATES: frozenset[TaskState] = frozenset(
+    {TaskState.FAILED, TaskState.TIMED_OUT, TaskState.QUARANTINED}
+)
+"""The terminal states that mean the task did not do its work (not ``cancelled``)."""
 
 # --- field types ------------------------------------------------------------
 #

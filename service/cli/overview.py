@@ -31,11 +31,10 @@ from typing import Any, TextIO
 
 from pipework.protocol.client import Client
 from pipework.protocol.errors import Unavailable
-from pipework.protocol.messages import TaskInfo
+from pipework.protocol.messages import FAILURE_STATES, TaskInfo, TaskState
 
-__all__ = ["FAILURE_STATES", "duration", "gather", "overview", "render"]
+__all__ = ["duration", "gather", "overview", "render"]
 
-FAILURE_STATES = ("failed", "timed_out", "quarantined")
 _FAILURES = 5
 _CLEAR = "\x1b[H\x1b[2J"
 
@@ -45,7 +44,7 @@ def gather(client: Client, failures: int = _FAILURES) -> dict[str, Any]:
     stats = client.stats()
     workers = client.workers()
     recent: list[TaskInfo] = []
-    for state in FAILURE_STATES:
+    for state in sorted(FAILURE_STATES):
         recent.extend(client.list(state=state, limit=failures))
     recent.sort(key=lambda t: t.finished_at or 0.0, reverse=True)
     detailed = [client.status(t.task_id) for t in recent[:failures]]
@@ -72,7 +71,7 @@ def duration(seconds: float) -> str:
 
 
 def _in_life_order(states: dict[str, int]) -> list[tuple[str, int]]:
-    order = {s: i for i, s in enumerate(("done", "failed", "cancelled", *FAILURE_STATES[1:]))}
+    order = {s.value: i for i, s in enumerate(TaskState)}
     return sorted(states.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
 
 

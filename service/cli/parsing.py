@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipework.protocol.messages import TaskState
 from pipework.service.cli.flags import add_settings_flags, settings_given
 
 __all__ = ["build_parser", "main"]
@@ -263,7 +264,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     ls = commands.add_parser("list", parents=[common], help="recent tasks")
     ls.add_argument(
         "--state",
-        choices=["queued", "running", "done", "failed", "cancelled", "timed_out", "quarantined"],
+        choices=[s.value for s in TaskState],
     )
     ls.add_argument("--limit", type=int, default=20)
     commands.add_parser("stats", parents=[common], help="the daemon's counters")

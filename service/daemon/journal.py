@@ -96,6 +96,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, final
 
+from pipework.protocol.messages import TERMINAL_STATES, TaskState
 from pipework.service.errors import PipeworkError
 
 __all__ = [
@@ -114,10 +115,10 @@ __all__ = [
 
 JournalSync = Literal["full", "normal", "off"]
 
-TERMINAL: Final = frozenset({"done", "failed", "cancelled", "timed_out", "quarantined"})
-"""The states a task never leaves."""
+TERMINAL: Final[frozenset[str]] = frozenset(s.value for s in TERMINAL_STATES)
+"""The states a task never leaves (``pipework.protocol.TERMINAL_STATES``)."""
 
-STATES: Final = ("queued", "running", "done", "failed", "cancelled", "timed_out", "quarantined")
+STATES: Final[tuple[str, ...]] = tuple(s.value for s in TaskState)
 """Every state a task can be in, in life order (the keys of ``Journal.counts()``)."""
 
 SCHEMA_VERSION: Final = 2

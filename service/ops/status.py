@@ -43,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, final
 from urllib.parse import urlsplit
 
+from pipework.protocol.messages import FAILURE_STATES, TERMINAL_STATES, TaskState
 from pipework.service.logs import get_logger
 from pipework.service.ops.status_page import CSP, PAGE
 
@@ -58,8 +59,6 @@ __all__ = [
 
 _log = get_logger("pipework.status")
 
-FAILURE_STATES: Final = frozenset({"failed", "timed_out", "quarantined"})
-"""The terminal states listed under recent failures."""
 RECENT_FAILURES: Final = 20
 """Failures the page lists, newest first."""
 BUCKET_SECONDS: Final = 5
@@ -68,7 +67,7 @@ BUCKETS: Final = 60
 """Throughput buckets shown: five minutes, the last one still filling."""
 _MESSAGE_CHARS: Final = 2_000
 _TRACEBACK_CHARS: Final = 8_000  # its end: the exception line is last
-_TERMINAL_ORDER: Final = ("done", "failed", "cancelled", "timed_out", "quarantined")
+_TERMINAL_ORDER: Final = tuple(s.value for s in TaskState if s in TERMINAL_STATES)
 
 
 def is_loopback(host: str) -> bool:
