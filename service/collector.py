@@ -48,8 +48,13 @@ class RemoteTraceback(Exception):
 
 
 def rebuild_exception(payload: Payload) -> BaseException:
-    """Rebuild an exception from a worker's ``ErrorInfo`` payload."""
-    exc_bytes, type_name, message, tb = pickle.loads(payload)
+    """Rebuild an exception from a worker's ``ErrorInfo`` payload.
+
+    The exception keeps its type; its ``__cause__`` is the remote traceback,
+    or, when it was raised while pickling the task's result, a
+    ``SerializationError`` (``what="result"``) caused by that traceback.
+    """
+    exc_bytes, type_name, message, tb, result_type = pickle.loads(payload)
     exc: BaseException
     if exc_bytes is None:
         exc = RemoteError(type_name, message, tb)
@@ -60,6 +65,10 @@ def rebuild_exception(payload: Payload) -> BaseException:
             loaded = None
         exc = loaded if isinstance(loaded, BaseException) else RemoteError(type_name, message, tb)
     exc.__cause__ = RemoteTraceback(tb)
+    if result_type is not None:
+        why = SerializationError(result_type, "result", f"{type_name}: {message}")
+        why.__cause__ = exc.__cause__
+        exc.__cause__ = why
     return exc
 
 

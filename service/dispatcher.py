@@ -115,8 +115,20 @@ class Dispatcher:
 
     # -- thread-safe entry points -------------------------------------------------
 
-    def start(self) -> None:
-        """Start the dispatcher thread (which starts the workers)."""
+    def start(self, prespawn: bool = False) -> None:
+        """Start the dispatcher thread (which starts the workers).
+
+        ``prespawn``: start the first workers on the calling thread first, as
+        ``ProcessPoolExecutor`` does under fork. A process forked from the
+        dispatcher thread inherits whatever descriptors another thread holds
+        open at that instant: the pipe ``subprocess`` waits on for its
+        child's exec (its caller then hung until the worker exited), or
+        another child's sentinel. Forked here, the caller is not in the
+        middle of anything else.
+        """
+        if prespawn:
+            with self._lock:
+                self._ensure_workers()
         self._thread.start()
 
     def wake(self) -> None:
@@ -168,9 +180,13 @@ class Dispatcher:
         self._commands.put(("recycle", None))
         self._waker.wake()
 
-    def shutdown(self, deadline: float | None) -> None:
-        """Finish the queue, stop the workers, and kill what still runs at ``deadline``."""
-        self._commands.put(("shutdown", deadline))
+    def shutdown(self, deadline: float | None, cancel_queued: bool = False) -> None:
+        """Finish the queue, stop the workers, and kill what still runs at ``deadline``.
+
+        ``cancel_queued``: also cancel the tasks workers hold queued behind
+        the one they run (``shutdown(cancel_futures=True)``).
+        """
+        self._commands.put(("shutdown", (deadline, cancel_queued)))
         self._waker.wake()
 
     def join(self, timeout: float | None = None) -> bool:
@@ -480,7 +496,21 @@ class Dispatcher:
                     handle.recycle = handle.state in _ACTIVE
             elif command == "shutdown":
                 self._closing = True
-                self._deadline = arg
+                self._deadline, cancel_queued = arg
+                if cancel_queued:
+                    self._cancel_queued()
+
+    def _cancel_queued(self) -> None:
+        """Cancel every task a worker holds behind its running one.
+
+        Each future's cancel() posts a "cancel" command, run later in this
+        same pass: a CANCEL frame the worker answers with SKIPPED.
+        """
+        for handle in self._workers:
+            for task in list(handle.tasks)[1:]:
+                future = task.future
+                if future is not None and task.state is not TaskState.CANCELLED:
+                    future.cancel()
 
     def _kill_task(self, task: Task, now: float) -> None:
         handle = task.worker

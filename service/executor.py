@@ -15,6 +15,7 @@ pushes back when too much is outstanding.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import atexit
 import collections
@@ -23,6 +24,7 @@ import multiprocessing
 import multiprocessing.util  # its exit hook must register before ours
 import os
 import pickle
+import sys
 import threading
 import time
 import types
@@ -59,10 +61,13 @@ AUTO_CHUNK_MAX = 16_384
 DEFAULT_MAX_PENDING = 100_000
 """Default bound on accepted but unfinished tasks. Past it, ``submit`` blocks."""
 EXIT_GRACE = 5.0
-"""At interpreter exit, seconds running tasks get before they are killed
-(when ``shutdown_timeout`` is not set). Tasks not yet started are cancelled."""
+"""Unused, kept so that imports of it keep working. At interpreter exit,
+accepted tasks now run to completion as in ``concurrent.futures``, bounded
+only by ``shutdown_timeout``."""
 
 _live: weakref.WeakSet[WorkerService] = weakref.WeakSet()
+_main_file: str | None = None
+"""The main script's path, seen while it ran (see ``_shutdown_all``)."""
 
 
 def _check_positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
@@ -126,27 +131,130 @@ _BY_REFERENCE = (types.FunctionType, types.BuiltinFunctionType)
 _REFERENCES_KEPT = 256
 
 
+def _main_is_importable() -> bool:
+    """Whether a worker can import this program's ``__main__`` to find its functions.
+
+    Not when the code came from ``python -c``, stdin, a REPL or a notebook:
+    there is no file for a spawned or forkserver worker to run again.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    spec = getattr(main, "__spec__", None)
+    if getattr(spec, "name", None) is not None:
+        return True
+    path = getattr(main, "__file__", None)
+    return isinstance(path, str) and os.path.exists(path)  # not "<stdin>"
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """``__name__ == "__main__"``, either way round."""
+    if not isinstance(test, ast.Compare) or len(test.ops) != 1:
+        return False
+    if not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = {ast.dump(test.left), ast.dump(test.comparators[0])}
+    return sides == {ast.dump(ast.Name("__name__", ast.Load())), ast.dump(ast.Constant("__main__"))}
+
+
+def _check_main_guard(start_method: str) -> None:
+    """Refuse, with one clear error, a pool started by a main script's top-level code.
+
+    A spawn or forkserver worker runs the main script again (as
+    ``__mp_main__``) to find its functions; without the guard, that run
+    starts a pool of its own in every worker, and each dies with a
+    multiprocessing traceback. Checked on the caller's side, before any worker
+    starts: the ``<module>`` frame of ``__main__`` that led here must be inside
+    an ``if __name__ == "__main__":`` block of the file.
+
+    Raises:
+        RuntimeError: it is not.
+    """
+    main = sys.modules.get("__main__")
+    if start_method == "fork" or main is None:
+        return
+    frame: types.FrameType | None = sys._getframe(2)
+    while frame is not None and not (
+        frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return
+    path, line = frame.f_code.co_filename, frame.f_lineno
+    main_file = getattr(main, "__file__", None)
+    # Only the file workers would run again: not a notebook cell's, say.
+    if not isinstance(main_file, str) or os.path.abspath(main_file) != os.path.abspath(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as source:
+            tree = ast.parse(source.read(), path)
+    except (OSError, SyntaxError, ValueError):  # -c, stdin: workers do not run it again
+        return
+    for node in tree.body:
+        end = node.end_lineno or node.lineno
+        if isinstance(node, ast.If) and _is_main_test(node.test) and node.lineno <= line <= end:
+            return
+    raise RuntimeError(
+        f"{path}, line {line}: a WorkerService is started by the main script's top-level "
+        f"code. With start_method={start_method!r}, each worker runs the main script again "
+        "to find its functions, and would start a pool of its own. Put the code that "
+        'starts the pool under `if __name__ == "__main__":` (or use start_method="fork").'
+    )
+
+
+def _pickle_function(fn: Callable[..., Any]) -> bytes:
+    """``fn`` pickled by reference (module and name) if a worker can find it so, else by value.
+
+    Lambdas, closures, nested functions and functions defined in a ``__main__``
+    that has no file go by value, with cloudpickle (as loky does): code,
+    defaults and the globals and cells it uses. What cloudpickle cannot
+    pickle either raises here.
+    """
+    if fn.__module__ != "__main__" or _main_is_importable():
+        try:
+            by_reference = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            pass
+        else:
+            if "<" not in getattr(fn, "__qualname__", ""):  # <lambda>, <locals>
+                return by_reference
+    import cloudpickle  # type: ignore[import-untyped]  # noqa: PLC0415  (paid for on first use)
+
+    return bytes(cloudpickle.dumps(fn, pickle.HIGHEST_PROTOCOL))
+
+
+def _reference(fn: Callable[..., Any], references: dict[Callable[..., Any], bytes]) -> bytes:
+    reference = references.get(fn)
+    if reference is None:
+        if len(references) >= _REFERENCES_KEPT:
+            references.clear()
+        reference = references[fn] = _pickle_function(fn)
+    return reference
+
+
 def _pickle_call(
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     references: dict[Callable[..., Any], bytes],
 ) -> tuple[bytes, list[memoryview]]:
-    """Pickle a call as ``(fn or its pickled reference, args, kwargs)``.
+    """Pickle a call as ``(fn or its pickled bytes, args, kwargs)``.
 
-    A plain function pickles to the same few bytes every time, but finding
-    them (module lookup, attribute checks) costs more than pickling a tiny
-    call's arguments: ``references`` keeps them per function, and the worker
-    keeps the function each one unpickles to (``service.worker``).
+    A plain function pickles to the same bytes every time, but finding them
+    (module lookup, attribute checks, or cloudpickle's walk of a lambda)
+    costs more than pickling a tiny call's arguments: ``references`` keeps
+    them per function, and the worker keeps the function each one unpickles
+    to (``service.worker``), so neither side pays twice. A ``map`` chunk's
+    user function travels the same way.
     """
     try:
+        if fn is call_chunk or fn is map_chunk:
+            inner = args[0]
+            if type(inner) in _BY_REFERENCE:
+                args = (_reference(inner, references), *args[1:])
+            return pickling.dumps((fn, args, kwargs))
         if type(fn) in _BY_REFERENCE:
-            reference = references.get(fn)
-            if reference is None:
-                if len(references) >= _REFERENCES_KEPT:
-                    references.clear()
-                reference = references[fn] = pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
-            return pickling.dumps((reference, args, kwargs))
+            return pickling.dumps((_reference(fn, references), args, kwargs))
         return pickling.dumps((fn, args, kwargs))
     except Exception as exc:
         if fn is call_chunk or fn is map_chunk:  # a map chunk: (user function, items)
@@ -239,7 +347,10 @@ class WorkerService(Executor):
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
-        _check_count("max_workers", max_workers, allow_none=False)
+        _check_count("max_workers", max_workers, allow_none=False, minimum=-sys.maxsize)
+        if max_workers <= 0:
+            # concurrent.futures' own words: code written against it matches on them.
+            raise ValueError("max_workers must be greater than 0")
         _check_positive("task_timeout", task_timeout)
         _check_count("retries", retries, allow_none=False, minimum=0)
         _check_count("max_tasks_per_worker", max_tasks_per_worker)
@@ -258,9 +369,16 @@ class WorkerService(Executor):
                 f"start_method {start_method!r} is not available here; expected one of "
                 f"{multiprocessing.get_all_start_methods()}"
             )
+        _check_main_guard(start_method)
         if start_method != "fork" and initializer is not None:
             try:
                 pickle.dumps((initializer, initargs), pickle.HIGHEST_PROTOCOL)
+            except RuntimeError as exc:
+                # multiprocessing's Queue, Lock, Event... refuse plain pickling
+                # but travel to a process as it starts, as initargs do: the
+                # same as ProcessPoolExecutor (whose tests pass a Queue so).
+                if "through inheritance" not in str(exc):
+                    raise _blame(exc, initializer, initargs, "initializer", "initargs") from exc
             except Exception as exc:
                 raise _blame(exc, initializer, initargs, "initializer", "initargs") from exc
 
@@ -286,8 +404,10 @@ class WorkerService(Executor):
         self._ledger = Ledger(max_pending, wake=self._wake)
         self._collector = Collector(self._ledger)
         self._dispatcher = Dispatcher(supervisor, self._ledger, self._collector, max_workers)
+        global _main_file
+        _main_file = _main_file or getattr(sys.modules.get("__main__"), "__file__", None)
         self._collector.start()
-        self._dispatcher.start()
+        self._dispatcher.start(prespawn=start_method == "fork")
         # If the service is dropped without shutdown, let it wind down by itself.
         weakref.finalize(self, _abandon, self._ledger, self._dispatcher).atexit = False
         _live.add(self)
@@ -480,13 +600,19 @@ class WorkerService(Executor):
                 if task.future is not None:
                     task.future.cancel()
                 self._ledger.release(task)
-        self._dispatcher.shutdown(deadline)
+        # With cancel_futures, tasks already handed to a worker but queued
+        # behind its running one are not started either: the dispatcher
+        # cancels them (the worker skips them), as cf cancels its call queue.
+        self._dispatcher.shutdown(deadline, cancel_queued=cancel_futures)
 
     def _exit(self) -> None:
-        grace = EXIT_GRACE if self._shutdown_timeout is None else self._shutdown_timeout
-        self._close(True, time.monotonic() + grace)
-        self._dispatcher.join(grace + 5.0)
-        self._collector.join(1.0)
+        # Nothing accepted is lost, at exit either: as concurrent.futures
+        # does, every accepted task runs to completion before the interpreter
+        # exits, unless shutdown_timeout bounds it.
+        timeout = self._shutdown_timeout
+        self._close(False, None if timeout is None else time.monotonic() + timeout)
+        self._dispatcher.join(None if timeout is None else timeout + 5.0)
+        self._collector.join(None if timeout is None else 5.0)
 
 
 @final
@@ -592,8 +718,17 @@ class _InFlight:
         self.close()
 
 
-def _results(flight: _InFlight) -> Iterator[list[Any]]:
-    """Each chunk's results in order, refilling the window as chunks are taken."""
+_END = object()
+
+
+def _results(flight: _InFlight) -> Iterator[Iterator[Any]]:
+    """Each chunk's results in order, refilling the window as chunks are taken.
+
+    A chunk is handed out as an iterator that pops each result off the list
+    as it yields it, at C speed: neither the list, nor its future, nor this
+    generator keeps a result the caller has already been given (as in
+    ``concurrent.futures``, whose ``map`` lets go of each result it yields).
+    """
     while flight.futures:
         future = flight.futures.popleft()
         flight.refill()
@@ -604,7 +739,11 @@ def _results(flight: _InFlight) -> Iterator[list[Any]]:
             future.cancel()  # a timed-out chunk must not keep its worker
             flight.close()
             raise
-        yield chunk
+        del future
+        chunk.append(_END)
+        chunk.reverse()
+        yield iter(chunk.pop, _END)
+        del chunk
 
 
 @final
@@ -662,5 +801,12 @@ def _shutdown_all() -> None:
     # atexit runs hooks last-registered first; multiprocessing.util is imported
     # above so that its hook, which joins every child process, runs after this
     # one has stopped our workers instead of waiting on them forever.
-    for service in list(_live):
+    services = list(_live)
+    main = sys.modules.get("__main__")
+    # CPython deletes __main__.__file__ once the script has run, so a worker
+    # started from here on (spawn, forkserver) could not import the script
+    # and find its functions: put it back for them.
+    if services and _main_file and main is not None and getattr(main, "__file__", None) is None:
+        main.__file__ = _main_file
+    for service in services:
         service._exit()

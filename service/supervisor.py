@@ -31,9 +31,10 @@ import itertools
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -61,10 +62,47 @@ _parent_fds: set[int] = set()
 _parent_fds_lock = threading.Lock()
 
 
+# Every fork in this process waits while a worker is being started, and
+# workers start one at a time. A process forked while another is between
+# multiprocessing's os.pipe() and its closing of the child's ends inherits
+# that child's "sentinel" write end: the child's exit is then not seen until
+# the wrong process exits too. Two pools on start_method="fork" (their
+# dispatcher threads forking at once), or a multiprocessing.Manager started
+# beside a pool, hung shutdown that way.
+_spawn_lock = threading.RLock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_spawn_lock.acquire,
+        after_in_parent=_spawn_lock.release,
+        after_in_child=_spawn_lock._at_fork_reinit,  # type: ignore[attr-defined]
+    )
+
+
 def _close_parent_fd(fd: int) -> None:
     with _parent_fds_lock:
         _parent_fds.discard(fd)
     os.close(fd)
+
+
+@contextlib.contextmanager
+def _no_pseudo_main_file(start_method: str) -> Iterator[None]:
+    """Hide a ``__main__.__file__`` that names no file (``"<stdin>"``) while a worker starts.
+
+    spawn and forkserver workers run the main file again to find its
+    functions; a program read from stdin has ``__file__ == "<stdin>"``, and
+    every worker then died trying to open it. Its functions travel by value
+    instead (``service.executor``).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if start_method == "fork" or not isinstance(path, str) or os.path.exists(path):
+        yield
+        return
+    del main.__file__  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        main.__file__ = path  # type: ignore[union-attr]
 
 
 class WorkerState(enum.Enum):
@@ -196,7 +234,8 @@ class Supervisor:
             daemon=False,
         )
         try:
-            process.start()
+            with _spawn_lock, _no_pseudo_main_file(self.start_method):
+                process.start()
         except BaseException:
             self.transport.started(endpoint)
             self.release(channel)

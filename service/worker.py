@@ -34,7 +34,6 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from pipework.service import pickling
-from pipework.service.errors import SerializationError
 from pipework.service.transports.base import TransportBroken, WorkerChannel, WorkerEndpoint
 from pipework.service.transports.frames import Frame, Kind, Payload
 
@@ -45,8 +44,10 @@ _WATCH_INTERVAL_MS = 250
 ORPHAN_EXITCODE = 3
 """Exit status of a worker that noticed its dispatcher is gone."""
 
-ErrorInfo = tuple[bytes | None, str, str, str]
-"""``(pickled exception or None, type name, message, traceback text)``."""
+ErrorInfo = tuple[bytes | None, str, str, str, str | None]
+"""``(pickled exception or None, type name, message, traceback text, result type)``.
+
+The last is None, or the type name of a result whose pickling raised the exception."""
 
 
 class WorkerConfig(NamedTuple):
@@ -72,8 +73,11 @@ def type_name(obj: object) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
-def error_info(exc: BaseException) -> bytes:
-    """Pickle what the parent needs to rebuild ``exc``, never failing."""
+def error_info(exc: BaseException, result_type: str | None = None) -> bytes:
+    """Pickle what the parent needs to rebuild ``exc``, never failing.
+
+    ``result_type``: the type name of the result whose pickling raised ``exc``.
+    """
     tb = "".join(traceback.format_exception(exc))
     try:
         exc_bytes: bytes | None = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
@@ -83,28 +87,34 @@ def error_info(exc: BaseException) -> bytes:
         message = str(exc)
     except BaseException:
         message = f"<str() of {type_name(exc)} failed>"
-    info: ErrorInfo = (exc_bytes, type_name(exc), message, tb)
+    info: ErrorInfo = (exc_bytes, type_name(exc), message, tb, result_type)
     return pickle.dumps(info, pickle.HIGHEST_PROTOCOL)
 
 
-def call_chunk(fn: Callable[..., object], items: Iterable[Sequence[Any]]) -> list[object]:
+def call_chunk(fn: Callable[..., object] | bytes, items: Iterable[Sequence[Any]]) -> list[object]:
     """Run ``fn(*args)`` for each args tuple of a ``map`` chunk over several iterables."""
-    return list(itertools.starmap(fn, items))
+    if type(fn) is bytes:
+        fn = _function(fn)
+    return list(itertools.starmap(fn, items))  # type: ignore[arg-type]
 
 
-def map_chunk(fn: Callable[[Any], object], items: Iterable[Any]) -> list[object]:
+def map_chunk(fn: Callable[[Any], object] | bytes, items: Iterable[Any]) -> list[object]:
     """Run ``fn(item)`` for each item of a ``map`` chunk over one iterable.
 
     The items travel bare, not as 1-tuples: half the bytes to pickle and unpickle.
+    ``fn`` may come as its pickled bytes, unpickled once per worker.
     """
-    return list(map(fn, items))
+    if type(fn) is bytes:
+        fn = _function(fn)
+    return list(map(fn, items))  # type: ignore[arg-type]
 
 
 _functions: dict[bytes, Callable[..., object]] = {}
 
 
 def _function(reference: bytes) -> Callable[..., object]:
-    """The function a pickled reference names, unpickled once per worker (see ``executor``)."""
+    """The function pickled in ``reference`` (by name, or by value with cloudpickle),
+    unpickled once per worker (see ``executor``)."""
     fn = _functions.get(reference)
     if fn is None:
         if len(_functions) >= 256:
@@ -123,11 +133,38 @@ def _run(payload: Payload, buffers: tuple[Payload, ...]) -> tuple[Kind, bytes, l
         return Kind.ERROR, error_info(exc), []
     try:
         result, out_of_band = pickling.dumps_result(value)
-    except BaseException as exc:
-        err = SerializationError(type_name(value), "result", f"{type_name(exc)}: {exc}")
-        err.__cause__ = exc
-        return Kind.ERROR, error_info(err), []
+    except BaseException as exc:  # PicklingError, or anything a __reduce__ raises
+        # The caller gets this very exception (as concurrent.futures gives
+        # it), with a SerializationError naming the result's type as its cause.
+        return Kind.ERROR, error_info(exc, type_name(value)), []
     return Kind.RESULT, result, out_of_band
+
+
+def _forget_foreign_imports() -> None:
+    """Drop the imports other threads of the parent were in the middle of at our fork.
+
+    Under ``fork`` a worker is forked by the dispatcher thread, possibly while
+    another thread (the program's main one) is importing a module. The worker
+    inherits that module half-executed, and its import lock owned by a thread
+    that does not exist here: the first task that needs the module would wait
+    for that lock forever (a ``multiprocessing.Manager`` proxy argument did,
+    as its module was being imported when the pool forked). Forgetting both
+    makes the next import of it run afresh.
+    """
+    import importlib._bootstrap as bootstrap  # noqa: PLC0415
+
+    me = threading.get_ident()
+    locks: dict[str, Any] = getattr(bootstrap, "_module_locks", {})
+    for name, ref in list(locks.items()):
+        lock = ref()
+        owner = getattr(lock, "owner", None)
+        if owner is not None and owner != me:
+            sys.modules.pop(name, None)
+            locks.pop(name, None)
+    blocking: dict[int, Any] = getattr(bootstrap, "_blocking_on", {})
+    for tid in list(blocking):
+        if tid != me:
+            blocking.pop(tid, None)
 
 
 def _die_with_parent(config: WorkerConfig, lifeline: int) -> None:
@@ -213,6 +250,7 @@ def worker_main(endpoint: WorkerEndpoint, config: WorkerConfig, lifeline: Connec
     for fd in config.close_fds:  # fork start: siblings' channel ends, see Supervisor
         with contextlib.suppress(OSError):
             os.close(fd)
+    _forget_foreign_imports()
     # A terminal's Ctrl-C and hang-up reach the whole process group; both are
     # the parent's to act on (drain, rolling restart), not a reason to die mid-task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -20,14 +20,19 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 
-def _record_submits(pool: WorkerService, monkeypatch: pytest.MonkeyPatch) -> list[TaskFuture[Any]]:
-    """Every future ``pool.map`` submits from now on (map calls ``pool.submit``)."""
+def _record_submits(
+    pool: WorkerService, monkeypatch: pytest.MonkeyPatch, sizes: list[int] | None = None
+) -> list[TaskFuture[Any]]:
+    """Every future ``pool.map`` submits from now on (map calls ``pool.submit``),
+    and each chunk's size in ``sizes`` (map empties a chunk's result as it yields it)."""
     futures: list[TaskFuture[Any]] = []
     submit = pool.submit
 
     def recording(fn: Any, /, *args: Any, **kwargs: Any) -> TaskFuture[Any]:
         future = submit(fn, *args, **kwargs)
         futures.append(future)
+        if sizes is not None:
+            sizes.append(len(args[1]))
         return future
 
     monkeypatch.setattr(pool, "submit", recording)
@@ -188,8 +193,9 @@ def test_invalid_chunksize_is_value_error(pool: WorkerService, chunksize: int) -
 
 
 def test_unpicklable_function_fails_in_map_itself(pool: WorkerService) -> None:
+    lock = threading.Lock()  # a lambda travels by value; one holding a lock cannot
     with pytest.raises(SerializationError) as info:
-        pool.map(lambda x: x, range(3))
+        pool.map(lambda x: lock.locked(), range(3))
     assert info.value.type_name == "function"
     assert list(pool.map(tasks.square, range(3), timeout=30)) == [0, 1, 4]
 
@@ -201,16 +207,16 @@ def test_automatic_chunks_grow_for_tiny_items_and_stay_small_for_slow_ones(
     assert [f.result(timeout=30) for f in [pool.submit(tasks.square, i) for i in range(8)]] == [
         i * i for i in range(8)
     ]
-    futures = _record_submits(pool, monkeypatch)
+    sizes: list[int] = []
+    _record_submits(pool, monkeypatch, sizes)
     assert list(pool.map(tasks.square, range(20_000), timeout=60)) == [i * i for i in range(20_000)]
-    sizes = [len(f.result()) for f in futures]
     assert sizes[0] == 1  # the first result does not wait for a big chunk
     assert max(sizes) >= 256, sizes  # tiny items end up travelling many to a task
     # ... and soon: a chunk of tiny items that comes back far under the target
     # makes the next ones eight times larger, not twice.
     steps = [b / a for a, b in itertools.pairwise(dict.fromkeys(sizes)) if b > a]
     assert 8 in steps, sizes
-    futures.clear()
+    sizes.clear()
     slow = list(pool.map(tasks.sleep_then, [0.06] * 6, range(6), timeout=60))
     assert slow == list(range(6))
-    assert [len(f.result()) for f in futures] == [1] * 6  # each takes longer than the target
+    assert sizes == [1] * 6  # each takes longer than the target

@@ -113,8 +113,7 @@ EXIT_SCRIPT = textwrap.dedent(
     import sys, time
     from pathlib import Path
     from pipework.service import WorkerService
-    from tests import tasks, tasks_more
-from tests import tasks_faults as faults
+    from tests import tasks
 
     if __name__ == "__main__":
         out = Path(sys.argv[1])
