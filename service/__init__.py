@@ -24,9 +24,14 @@ Where things live (``pipework.service`` is the folder ``service/``)::
     logs.py          structlog set-up
     transports/      how frames travel: base (the contract), pipe, queue, zmq,
                      frames (the frame kinds), shm (large payloads)
-    daemon/          ``pipework serve``: server (loop, requests, scheduling),
+    daemon/          ``pipework serve``: server (socket, loop, start/stop,
+                     signals), requests (op handlers, result waiters, task_done
+                     events, replies out), scheduler (ready/delay heaps,
+                     dispatch local/remote, settle, retry, quarantine),
                      journal, outcomes, replies, registry (@task), config,
-                     security (CURVE), sessions (remote workers), example_tasks
+                     security (CURVE), sessions (remote workers), store/
+                     (the Store contract, postgres), task_output (a task's
+                     prints as log events), example_tasks
     remote_worker.py ``pipework worker``: a local pool serving a daemon
     ops/             metrics, notify (systemd), status (snapshot + server),
                      status_page (the HTML)
