@@ -69,11 +69,28 @@ _parent_fds_lock = threading.Lock()
 # the wrong process exits too. Two pools on start_method="fork" (their
 # dispatcher threads forking at once), or a multiprocessing.Manager started
 # beside a pool, hung shutdown that way.
+#
+# The wait is bounded: a fork elsewhere in the program must never hang on
+# pipework (a start stuck past _FORK_WAIT lets it through, unprotected).
 _spawn_lock = threading.RLock()
+_FORK_WAIT = 5.0
+_fork_held = threading.local()
+
+
+def _before_fork() -> None:
+    _fork_held.acquired = _spawn_lock.acquire(timeout=_FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    if getattr(_fork_held, "acquired", False):
+        _fork_held.acquired = False
+        _spawn_lock.release()
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(
-        before=_spawn_lock.acquire,
-        after_in_parent=_spawn_lock.release,
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
         after_in_child=_spawn_lock._at_fork_reinit,  # type: ignore[attr-defined]
     )
 
