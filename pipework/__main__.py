@@ -2,4 +2,7 @@
 
 from pipework.service.cli.parsing import main
 
-raise SystemExit(main())
+# The guard matters: under forkserver and spawn, multiprocessing imports the
+# main module again (as __mp_main__) in its helper processes.
+if __name__ == "__main__":
+    raise SystemExit(main())
