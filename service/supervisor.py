@@ -62,37 +62,15 @@ _parent_fds: set[int] = set()
 _parent_fds_lock = threading.Lock()
 
 
-# Every fork in this process waits while a worker is being started, and
-# workers start one at a time. A process forked while another is between
-# multiprocessing's os.pipe() and its closing of the child's ends inherits
-# that child's "sentinel" write end: the child's exit is then not seen until
-# the wrong process exits too. Two pools on start_method="fork" (their
-# dispatcher threads forking at once), or a multiprocessing.Manager started
-# beside a pool, hung shutdown that way.
-#
-# The wait is bounded: a fork elsewhere in the program must never hang on
-# pipework (a start stuck past _FORK_WAIT lets it through, unprotected).
+# Workers start one at a time, across every pool of this process. A process
+# forked while another is between multiprocessing's os.pipe() and its closing
+# of the child's ends inherits that child's "sentinel" write end: the child's
+# exit is then not seen until the wrong process exits too. Two pools on
+# start_method="fork" (their dispatcher threads forking at once) hung shutdown
+# that way. Forks made by other code are not held back: an at-fork hook that
+# made every fork of the program wait on pipework was tried, and a stalled
+# start then froze every later fork of the process.
 _spawn_lock = threading.RLock()
-_FORK_WAIT = 5.0
-_fork_held = threading.local()
-
-
-def _before_fork() -> None:
-    _fork_held.acquired = _spawn_lock.acquire(timeout=_FORK_WAIT)
-
-
-def _after_fork_in_parent() -> None:
-    if getattr(_fork_held, "acquired", False):
-        _fork_held.acquired = False
-        _spawn_lock.release()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_spawn_lock._at_fork_reinit,  # type: ignore[attr-defined]
-    )
 
 
 def _close_parent_fd(fd: int) -> None:

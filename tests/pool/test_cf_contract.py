@@ -8,9 +8,7 @@ found pipework apart from ``ProcessPoolExecutor`` (run it with
 from __future__ import annotations
 
 import gc
-import os
 import pickle
-import signal
 import subprocess
 import sys
 import threading
@@ -129,74 +127,6 @@ def test_fork_worker_is_not_stuck_on_an_import_another_thread_was_making(
     finally:
         import_gate.gate.set()
         importer.join(30)
-
-
-_fork_probe_armed = threading.Event()
-_fork_probe_go = threading.Event()
-_fork_probe_done = threading.Event()
-
-
-def _fork_probe() -> None:
-    # Registered once per process with os.register_at_fork; inert unless armed.
-    # Runs in the dispatcher thread inside multiprocessing's Popen, after it
-    # made the new worker's sentinel pipe and before the fork: it lets the
-    # test fork another process right then, and waits (boundedly) for it.
-    if _fork_probe_armed.is_set() and threading.current_thread().name == "pipework-dispatcher":
-        _fork_probe_armed.clear()
-        _fork_probe_go.set()
-        _fork_probe_done.wait(2)
-
-
-_fork_probe_registered: list[bool] = []
-
-
-@pytest.mark.timeout(90)
-def test_a_fork_elsewhere_while_a_worker_starts_does_not_hide_its_exit(
-    make_pool: MakePool,
-) -> None:
-    # A process forked while a fork worker is being started inherits that
-    # worker's sentinel pipe: the pool cannot see the worker exit until that
-    # process exits too, and its shutdown hung (two fork pools, a Manager).
-    if not _fork_probe_registered:
-        os.register_at_fork(before=_fork_probe)
-        _fork_probe_registered.append(True)
-    for event in (_fork_probe_go, _fork_probe_done):
-        event.clear()
-    sleepers: list[int] = []
-
-    def fork_elsewhere() -> None:
-        if not _fork_probe_go.wait(30):
-            return
-        pid = os.fork()
-        if pid == 0:  # the child only sleeps; the test kills it
-            time.sleep(60)
-            os._exit(0)
-        sleepers.append(pid)
-        _fork_probe_done.set()
-
-    forker = threading.Thread(target=fork_elsewhere, daemon=True)
-    forker.start()
-    try:
-        pool = make_pool(1, start_method="fork")
-        assert pool.submit(tasks.square, 3).result(timeout=30) == 9
-        # The first workers fork on this thread; a replacement forks on the
-        # dispatcher's, which is where the probe lets the other fork happen.
-        _fork_probe_armed.set()
-        os.kill(pool.worker_pids()[0], signal.SIGKILL)
-        assert pool.options(retries=2).submit(tasks.square, 4).result(timeout=30) == 16
-        forker.join(30)
-        assert sleepers, "the other fork never happened"
-        closer = threading.Thread(target=pool.shutdown, daemon=True)
-        closer.start()
-        closer.join(20)
-        assert not closer.is_alive(), "shutdown could not see its worker exit"
-    finally:
-        _fork_probe_armed.clear()
-        _fork_probe_go.set()
-        forker.join(30)
-        for pid in sleepers:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
 
 
 @pytest.mark.timeout(60)
