@@ -13,6 +13,7 @@ with WorkerService(max_workers=4) as pool:
 Where things live (``pipework.service`` is the folder ``service/``)::
 
     executor.py      WorkerService: submit, map, options, shutdown
+    map.py           map's lazy chunks in flight and its results in order
     futures.py       TaskFuture, the slim Future that can cancel a running task
     ledger.py        task states and the bound on outstanding tasks
     dispatcher.py    the thread that feeds workers and watches them

@@ -2,11 +2,15 @@
 
 A task's life::
 
-    PENDING ──dispatch──▶ DISPATCHED(worker) ──head of worker──▶ RUNNING
-       ▲                        │                                   │
-       └── retry / requeue ─────┴───────────────────────────────────┤
-                                                                    ▼
-                       DONE | FAILED | CANCELLED | TIMED_OUT | WORKER_LOST
+    PENDING ──sent to a worker──▶ RUNNING ──▶ DONE | FAILED | CANCELLED | TIMED_OUT | WORKER_LOST
+       ▲                             │
+       └──── retry / requeue ────────┘
+
+A task is RUNNING, and its future running, from the moment the dispatcher
+takes it to send to a worker, also while it waits in that worker's channel
+behind the task the worker runs (the pipe transport queues a few).
+``shutdown(cancel_futures=True)`` cancels such queued tasks too: the worker
+skips them.
 
 The ledger owns the pending queue and the admission bound (``max_pending``).
 Caller threads add to it; the dispatcher thread takes from it; whoever moves a
@@ -34,7 +38,6 @@ class TaskState(enum.Enum):
     """Where a task is in its life."""
 
     PENDING = "pending"
-    DISPATCHED = "dispatched"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
