@@ -16,6 +16,8 @@ import pytest
 from pipework.benchmarks import queues
 from tests.support.processes import run_bounded
 
+pytestmark = pytest.mark.slow  # `pytest -m slow`: CI runs this group too
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 50.0
 """Below the per-test pytest-timeout, so a hang fails here with the output so far."""

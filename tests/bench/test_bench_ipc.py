@@ -18,6 +18,8 @@ from pipework.benchmarks import ipc
 from pipework.service.cli.parsing import main
 from tests.support.processes import REPO, run_pipework
 
+pytestmark = pytest.mark.slow  # `pytest -m slow`: CI runs this group too
+
 ROOT = REPO
 RUN_TIMEOUT = 50.0
 """Below the per-test pytest-timeout, so a hang fails here with the output so far."""

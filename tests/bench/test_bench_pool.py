@@ -20,6 +20,8 @@ from pipework.benchmarks.pool_report import NUMBER_FORMAT, aggregate, summarize
 from pipework.benchmarks.pool_subjects import PEERS
 from tests.support.processes import REPO, run_pipework
 
+pytestmark = pytest.mark.slow  # `pytest -m slow`: CI runs this group too
+
 ROOT = REPO
 RUN_TIMEOUT = 200.0
 """Below the test's own bound, so a hang fails here with the output so far."""

@@ -16,6 +16,8 @@ import pytest
 
 from tests.support.processes import run_bounded
 
+pytestmark = pytest.mark.slow  # `pytest -m slow`: CI runs this group too
+
 ROOT = Path(__file__).resolve().parents[2]
 CELLS = {
     "accept-off",

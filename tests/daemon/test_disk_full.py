@@ -25,7 +25,7 @@ from tests.support.daemons import Daemon, DaemonFactory
 from tests.support.processes import REPO, clean_env
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 TMPFS_BYTES = 6 * 1024 * 1024
 BALLAST_BYTES = 1024 * 1024

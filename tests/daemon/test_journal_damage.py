@@ -19,7 +19,7 @@ import pytest
 from tests.support.daemons import DaemonFactory
 from tests.support.processes import REPO, clean_env
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 TASKS = 300
 EXIT_JOURNAL_DAMAGED = 4

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # `pytest -m slow`: CI runs this group too
+
 ROOT = Path(__file__).resolve().parents[2]
 
 APP_SERVICE = "WHO = 'the application'\n"
@@ -90,37 +92,24 @@ def test_wheel_installs_under_one_name_and_runs(tmp_path: Path) -> None:
     env["HOME"] = str(tmp_path)
     env.pop("XDG_STATE_HOME", None)
     (tmp_path / "run").mkdir(mode=0o700)
-    done = subprocess.run(
-        [str(venv / "bin" / "python"), "main.py"],
-        cwd=app,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        """``argv`` from the venv's bin/, in the application's directory."""
+        return subprocess.run(
+            [str(venv / "bin" / argv[0]), *argv[1:]],
+            cwd=app,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    done = run("python", "main.py")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok ")
-
-    alone = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", PROTOCOL_ALONE],
-        cwd=app,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    alone = run("python", "-c", PROTOCOL_ALONE)
     assert alone.returncode == 0, alone.stderr
     assert alone.stdout.strip() == "[]", "pipework.protocol imported pipework.service"
-
-    demo = subprocess.run(
-        [str(venv / "bin" / "pipework"), "demo"],
-        cwd=app,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    demo = run("pipework", "demo")
     assert demo.returncode == 0, demo.stdout + demo.stderr

@@ -46,6 +46,8 @@ from tests import tasks_faults as faults
 from tests.support.processes import alive, wait_gone
 from tests.support.waiting import poll_until
 
+pytestmark = pytest.mark.slow  # `pytest -m slow`: CI runs this group too
+
 SEED = int(os.environ.get("PIPEWORK_STORM_SEED", "20240917"))
 MiB = 1024 * 1024
 BIG = 64 * MiB

@@ -28,7 +28,7 @@ from tests.support.daemons import TASKS_MODULE, DaemonFactory
 from tests.support.processes import REPO, ProcessTree, clean_env
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 HEARTBEAT = 0.5
 EXPIRY = 3.0

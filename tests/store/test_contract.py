@@ -28,6 +28,8 @@ from pipework.service.daemon.store import (
 )
 from tests.store.conftest import Backend
 
+pytestmark = pytest.mark.slow  # `pytest -m slow`: CI runs this group too
+
 MakeStore = Callable[..., Store]
 
 

@@ -15,6 +15,8 @@ from pipework.service.daemon.store.postgres import _MIGRATION_LOCK, SCHEMA_VERSI
 from tests.store.conftest import PostgresBackend
 from tests.store.test_contract import wait_until
 
+pytestmark = pytest.mark.slow  # `pytest -m slow`: CI runs this group too
+
 
 @pytest.fixture
 def pg(backend) -> PostgresBackend:
