@@ -69,6 +69,7 @@ def test_wheel_installs_under_one_name_and_runs(tmp_path: Path) -> None:
         "pipework/py.typed",
         "pipework/service/worker.py",
         "pipework/service/daemon/server.py",
+        "pipework/service/ops/status_page.html",
         "pipework/protocol/client.py",
         "pipework/benchmarks/pool.py",
     ):
